@@ -1,0 +1,274 @@
+"""Judges that score a reply against a gold answer: a rule judge for the toy benchmark, an LLM judge for real ones.
+
+The paper (METHOD 3-4) asks an LLM behind an OpenAI-compatible chat API for one digit: 0..2 for the benchmark
+(GPT-4.1), 0..4 for the RL reward (Qwen3-32B), and yes/no for "is this reply a repetition". `LLMJudge` does that
+with the standard library only: requests in flight on a thread pool, retries with exponential backoff, and an
+append-only JSON-lines cache so a rerun never pays for the same request twice. Departures from the released code:
+the rubrics ask for 0..S directly (the released 5-level prompt used 1..5 and subtracted 1), and an answer that is
+not one digit (or yes/no) is a failed judgement (None, counted and logged) instead of "no" or a silent drop.
+
+`RuleJudge` reads (colour, shape) pairs for ShapeWatch, so the toy trains and evaluates without any server.
+Every judge is a callable; `judge_many` runs a list of requests through `judge.map` when the judge has one.
+"""
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+log = logging.getLogger(__name__)
+
+VOCAB = {"colours": ["red", "green", "blue", "yellow"], "shapes": ["circle", "square", "triangle"]}
+
+
+def judge_many(judge, requests):
+    """[judge(*r) for r in requests], through `judge.map(requests)` when the judge has it (several in flight)."""
+    requests = list(requests)
+    return list(judge.map(requests)) if hasattr(judge, "map") else [judge(*r) for r in requests]
+
+
+# ---- ShapeWatch rule judge -------------------------------------------------------------------------------
+
+def parse_objects(text):
+    """The (colour, shape) pairs a text names, in order; a colour or shape named alone gives None for the other.
+
+    "A red circle and a blue square appeared." -> [("red", "circle"), ("blue", "square")];
+    "Something green, then triangles." -> [("green", "triangle")]; "Nothing yet." -> [].
+    """
+    pairs, colour = [], None
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w.endswith("s") and w[:-1] in VOCAB["shapes"]:
+            w = w[:-1]  # plural
+        if w in VOCAB["colours"]:
+            if colour:
+                pairs.append((colour, None))
+            colour = w
+        elif w in VOCAB["shapes"]:
+            pairs.append((colour, w))
+            colour = None
+    if colour:
+        pairs.append((colour, None))
+    return pairs
+
+
+class RuleJudge:
+    """judge(question, gold, reply) -> 0..max_score from the (colour, shape) pairs of gold and reply.
+
+    Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
+    when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
+    A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
+    Example (max_score 2): gold "A red circle appeared.", reply "A red square appeared." -> 1.
+    """
+
+    def __init__(self, max_score=2):
+        self.max_score = max_score
+
+    def __call__(self, question, gold, reply):
+        gold_pairs, reply_pairs = parse_objects(gold), parse_objects(reply)
+        if not gold_pairs:
+            return self.max_score if not reply_pairs else 0
+        best = [max([(c == gc) + (s == gs) for c, s in reply_pairs], default=0) for gc, gs in gold_pairs]
+        per_pair = [{2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best]
+        return sum(per_pair) // len(per_pair)
+
+
+def rule_repetition_judge(previous_text, new_reply):
+    """True iff new_reply names nothing absent from previous_text (every pair, or lone colour/shape, is covered).
+
+    Example: previous "A red circle appeared.", new "The red circle is still here." -> True;
+    new "A blue circle appeared." -> False; new "Nothing new." -> True (names nothing at all).
+    """
+    seen = parse_objects(previous_text)
+    return all(any((c is None or c == pc) and (s is None or s == ps) for pc, ps in seen)
+               for c, s in parse_objects(new_reply))
+
+
+# ---- LLM judge over an OpenAI-compatible endpoint ---------------------------------------------------------
+
+_RUBRIC_HEAD = ("You are an evaluator for a video question answering system. Your task is to rate whether the "
+                "predicted answer covers the key points of the ground truth answer. Use the following scale:\n")
+_RUBRIC_TAIL = "Output the score digit only, do not add more explanations."
+BENCHMARK_RUBRIC = _RUBRIC_HEAD + (
+    "- 2: Mostly right; the predicted answer covers all key information in the ground truth answer, though it "
+    "may have minor inaccuracies or rephrases.\n"
+    "- 1: Partly right; the predicted answer has some correct information, but also significant inaccuracies or "
+    "missing key points.\n"
+    "- 0: Wrong; most of the information is missing, or the predicted answer is not relevant to the question or "
+    "in very poor quality.\n") + _RUBRIC_TAIL
+REWARD_RUBRIC = _RUBRIC_HEAD + (
+    "- 4: Fully covered; all key information in the ground truth answer, with no significant inaccuracies.\n"
+    "- 3: Mostly covered; all key information, but with minor inaccuracies or rephrasing.\n"
+    "- 2: Partially covered; some correct information, but missing key points or with significant inaccuracies.\n"
+    "- 1: Largely incorrect; some relevant information, but mostly inaccurate or irrelevant.\n"
+    "- 0: Incorrect; not relevant to the question, or very poor in quality.\n") + _RUBRIC_TAIL
+REPETITION_PROMPT = (
+    "You are an evaluator for a multi-turn video question answering system. Your task is to judge whether a new "
+    "reply generated by the model is repetitive (all its information is already covered by previous turns) or "
+    "not.\nOutput \"yes\" if all information in the new turn is already covered by previous turns. Output \"no\" "
+    "if there is new information in the new turn.\nOnly reply with \"yes\" or \"no\". Do not add any explanation.")
+
+
+def score_message(question, gold, pred):
+    return f"Question: {question}\nGround Truth Answer: {gold}\nPredicted Answer: {pred}"
+
+
+def repetition_message(previous_text, new_reply):
+    return f"Previous Turns: {previous_text}\nNew Turn: {new_reply}"
+
+
+def _strip_answer(text):
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)  # reasoning models may emit an (empty) think block
+    return text.strip().strip("\"'*.` ").strip()
+
+
+def parse_score(text, max_score):
+    """'3' -> 3 (with max_score >= 3); anything but one digit in 0..max_score -> None."""
+    t = _strip_answer(text)
+    return int(t) if re.fullmatch(r"\d", t) and int(t) <= max_score else None
+
+
+def parse_yes_no(text):
+    """'Yes.' -> True, 'no' -> False, anything else -> None."""
+    m = re.match(r"(yes|no)\b", _strip_answer(text).lower())
+    return None if m is None else m.group(1) == "yes"
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint could not be used (unreachable, timing out, or refusing the request)."""
+
+
+class _Task:
+    """One kind of question to an LLMJudge, as a callable with a batch `map` (so `judge_many` parallelises it)."""
+
+    def __init__(self, llm, system, build, parse):
+        self.llm, self.system, self.build, self.parse = llm, system, build, parse
+
+    def __call__(self, *args):
+        return self.map([args])[0]
+
+    def map(self, requests):
+        return self.llm.ask([(self.system, self.build(*r)) for r in requests], self.parse)
+
+
+class LLMJudge:
+    """Judge over an OpenAI-compatible /chat/completions endpoint.
+
+    llm = LLMJudge("http://localhost:8000/v1", "Qwen/Qwen3-32B", cache_path="runs/judge_cache.jsonl")
+    llm.benchmark_score(q, gold, pred) -> 0..2 | None      llm.reward_score(q, gold, pred) -> 0..4 | None
+    llm.is_repetition(previous_text, new_reply) -> bool | None;  each also has .map([args, ...]) -> list.
+    The API key is read from the environment variable `api_key_env` (none needed for local servers).
+    `extra_body` is merged into every request, e.g. {"chat_template_kwargs": {"enable_thinking": False}}.
+    Counters: `sent` (HTTP requests answered), `cache_hits`, `failures` (unparseable answers).
+    """
+
+    def __init__(self, base_url, model, api_key_env="OPENAI_API_KEY", cache_path=None, timeout=60.0, retries=4,
+                 backoff=1.0, workers=8, temperature=0.0, extra_body=None):
+        if not base_url or not model:
+            raise ValueError("LLMJudge needs a base URL (e.g. http://localhost:8000/v1) and a model name.")
+        base = base_url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model, self.api_key_env, self.api_key = model, api_key_env, os.environ.get(api_key_env)
+        self.timeout, self.retries, self.backoff, self.workers = timeout, retries, backoff, workers
+        self.extra = {"temperature": temperature, **(extra_body or {})}
+        self.cache_path, self.cache, self.lock = cache_path, {}, threading.Lock()
+        self.sent = self.cache_hits = self.failures = 0
+        if cache_path and os.path.exists(cache_path):
+            with open(cache_path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.cache[row["key"]] = row["content"]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut short by a crash: that request is simply asked again
+        self.benchmark_score = _Task(self, BENCHMARK_RUBRIC, score_message, lambda t: parse_score(t, 2))
+        self.reward_score = _Task(self, REWARD_RUBRIC, score_message, lambda t: parse_score(t, 4))
+        self.is_repetition = _Task(self, REPETITION_PROMPT, repetition_message, parse_yes_no)
+
+    def _payload(self, system, user):
+        return {"model": self.model, "messages": [{"role": "system", "content": system},
+                                                  {"role": "user", "content": user}], **self.extra}
+
+    def _store(self, key, content):
+        with self.lock:
+            self.cache[key] = content
+            if self.cache_path:
+                os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+                with open(self.cache_path, "a+") as f:
+                    f.seek(0, os.SEEK_END)
+                    if f.tell():  # start on a fresh line if a crash left the last one unfinished
+                        f.seek(f.tell() - 1)
+                        if f.read(1) != "\n":
+                            f.write("\n")
+                    f.write(json.dumps({"key": key, "content": content}) + "\n")
+
+    def _post(self, payload):
+        """The answer text of one request; None for a 200 reply without a message; JudgeError when unusable."""
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    raw = r.read()
+            except urllib.error.HTTPError as e:
+                if e.code < 500 and e.code != 429:  # a wrong model name, URL or key does not heal by retrying
+                    detail = e.read()[:200].decode(errors="replace")
+                    raise JudgeError(f"LLM judge at {self.url} refused the request (HTTP {e.code}: {detail}); "
+                                     f"check the URL, the model name and ${self.api_key_env}.") from None
+                last = f"HTTP {e.code}"
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
+                last = str(getattr(e, "reason", None) or e) or type(e).__name__
+            else:
+                with self.lock:
+                    self.sent += 1
+                try:
+                    content = json.loads(raw)["choices"][0]["message"]["content"]
+                    return content if isinstance(content, str) else None
+                except (ValueError, KeyError, IndexError, TypeError):
+                    log.warning("LLM judge at %s sent a reply without choices[0].message.content: %r",
+                                self.url, raw[:200])
+                    return None
+        raise JudgeError(f"LLM judge at {self.url} did not answer after {self.retries + 1} attempts (last error: "
+                         f"{last}); start the server or fix the judge URL.")
+
+    def ask(self, requests, parse):
+        """Parsed answers for [(system, user)], asking only what the cache lacks, `workers` requests in flight."""
+        payloads = [self._payload(s, u) for s, u in requests]
+        keys = [hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() for p in payloads]
+        todo = {k: p for k, p in zip(keys, payloads) if k not in self.cache}
+        with self.lock:
+            self.cache_hits += len(keys) - sum(k in todo for k in keys)
+        answers = {}
+        if todo:
+            pool = ThreadPoolExecutor(max_workers=min(self.workers, len(todo)))
+            try:
+                futures = {pool.submit(self._post, p): k for k, p in todo.items()}
+                for fut in as_completed(futures):
+                    answers[futures[fut]] = content = fut.result()
+                    if content is not None:
+                        self._store(futures[fut], content)  # at once, so a crash loses nothing already paid for
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+        out = []
+        for k in keys:
+            content = self.cache[k] if k in self.cache else answers.get(k)
+            value = None if content is None else parse(content)
+            if value is None:
+                with self.lock:
+                    self.failures += 1
+                log.warning("LLM judge gave an unusable answer (counted as a failed judgement): %r", content)
+            out.append(value)
+        return out

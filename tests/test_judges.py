@@ -1,0 +1,237 @@
+"""Rule judge on hand-made ShapeWatch replies; LLM judge against a tiny OpenAI-like server on 127.0.0.1."""
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mmduet2.judges import (BENCHMARK_RUBRIC, REPETITION_PROMPT, REWARD_RUBRIC, VOCAB, JudgeError, LLMJudge,
+                            RuleJudge, judge_many, parse_objects, rule_repetition_judge)
+from mmduet2.metrics import proactive_pauc
+
+
+# ---- rule judge ------------------------------------------------------------------------------------------
+
+def test_vocab_and_parse_objects():
+    assert VOCAB == {"colours": ["red", "green", "blue", "yellow"], "shapes": ["circle", "square", "triangle"]}
+    assert parse_objects("A red circle and a Blue square appeared.") == [("red", "circle"), ("blue", "square")]
+    assert parse_objects("Something green, then triangles.") == [("green", "triangle")]
+    assert parse_objects("A yellow one. A circle.") == [("yellow", "circle")]
+    assert parse_objects("A red and a blue thing; a square") == [("red", None), ("blue", "square")]
+    assert parse_objects("Nothing yet.") == [] and parse_objects("NO REPLY") == []
+
+
+@pytest.mark.parametrize("reply, s2, s4", [
+    ("A red circle appeared.", 2, 4), ("a RED CIRCLE!", 2, 4),
+    ("A red square appeared.", 1, 2), ("A blue circle appeared.", 1, 2), ("Something red.", 1, 2),
+    ("A blue square appeared.", 0, 0), ("Nothing yet.", 0, 0),
+    ("A blue square and a red circle appeared.", 2, 4),   # the best pair counts
+])
+def test_rule_judge_scales(reply, s2, s4):
+    gold = "A red circle appeared."
+    assert RuleJudge(2)("Tell me every time a red shape appears.", gold, reply) == s2
+    assert RuleJudge(max_score=4)("q", gold, reply) == s4
+
+
+def test_rule_judge_special_golds():
+    j = RuleJudge(2)
+    assert j("q", "Nothing yet.", "Nothing is visible yet.") == 2
+    assert j("q", "Nothing yet.", "A red circle is visible.") == 0
+    # two gold objects: (2 + 0) // 2 for naming one of them right
+    assert j("q", "A red circle and a blue square are visible.", "A red circle is visible.") == 1
+    assert j("q", "A red circle and a blue square are visible.", "A blue square and a red circle.") == 2
+
+
+def test_rule_repetition_judge():
+    prev = "A red circle appeared. A blue square appeared."
+    assert rule_repetition_judge(prev, "The red circle is still there.") is True
+    assert rule_repetition_judge(prev, "A circle.") is True                 # covered by the red circle
+    assert rule_repetition_judge(prev, "A red square appeared.") is False   # a new pair
+    assert rule_repetition_judge(prev, "A green circle and a red circle.") is False
+    assert rule_repetition_judge("", "A red circle appeared.") is False
+    assert rule_repetition_judge("", "Nothing new.") is True
+
+
+# ---- a fake OpenAI-compatible server ----------------------------------------------------------------------
+
+class FakeServer:
+    """Answers POST /v1/chat/completions. `script` (a list) gives per-request behaviour, consumed in order:
+    an int status, a ("sleep", seconds, content) tuple, a raw bytes body, or a content string; when it is
+    empty, `default(user_message)` gives the content."""
+
+    def __init__(self, default=lambda user: "2"):
+        self.script, self.default, self.bodies, self.headers = [], default, [], []
+        self.lock, self.active, self.max_active = threading.Lock(), 0, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
+                    step = server.script.pop(0) if server.script else None
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
+                try:
+                    if isinstance(step, int):
+                        self.send_response(step)
+                        self.end_headers()
+                        self.wfile.write(b'{"error": "boom"}')
+                        return
+                    if isinstance(step, tuple):
+                        time.sleep(step[1])
+                        step = step[2]
+                    if step is None:
+                        step = server.default(body["messages"][-1]["content"])
+                    raw = step if isinstance(step, bytes) else json.dumps(
+                        {"choices": [{"message": {"role": "assistant", "content": step}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up
+                finally:
+                    with server.lock:
+                        server.active -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def fast(url, **kw):
+    return LLMJudge(url, "judge-model", **{"timeout": 2.0, "retries": 2, "backoff": 0.01, **kw})
+
+
+def test_scores_parsed_and_request_format(server, monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
+    llm = fast(server.url, api_key_env="MY_JUDGE_KEY")
+    server.script = ["3", " 2.\n", "<think>\n</think>\n\n1", "Yes.", "no"]
+    assert llm.reward_score("Q?", "gold", "pred") == 3
+    assert llm.benchmark_score("Q?", "gold", "pred2") == 2
+    assert llm.benchmark_score("Q?", "gold", "pred3") == 1
+    assert llm.is_repetition("prev", "new") is True
+    assert llm.is_repetition("prev", "new2") is False
+    first = server.bodies[0]
+    assert first["model"] == "judge-model"
+    assert first["messages"] == [{"role": "system", "content": REWARD_RUBRIC},
+                                 {"role": "user", "content": "Question: Q?\nGround Truth Answer: gold\nPredicted Answer: pred"}]
+    assert server.bodies[1]["messages"][0]["content"] == BENCHMARK_RUBRIC
+    assert server.bodies[3]["messages"] == [{"role": "system", "content": REPETITION_PROMPT},
+                                            {"role": "user", "content": "Previous Turns: prev\nNew Turn: new"}]
+    assert server.headers[0]["Authorization"] == "Bearer sk-test"
+    assert llm.sent == 5 and llm.failures == 0
+
+
+def test_retries_after_server_errors(server):
+    llm = fast(server.url)
+    server.script = [500, 503, "4"]
+    assert llm.reward_score("q", "g", "p") == 4
+    assert len(server.bodies) == 3
+
+
+def test_client_error_is_not_retried(server):
+    server.script = [404]
+    with pytest.raises(JudgeError, match=r"127\.0\.0\.1.*HTTP 404"):
+        fast(server.url).reward_score("q", "g", "p")
+    assert len(server.bodies) == 1
+
+
+def test_cache_survives_reruns_and_crashes(server, tmp_path):
+    cache = tmp_path / "sub" / "cache.jsonl"
+    llm = fast(server.url, cache_path=str(cache))
+    assert llm.reward_score("q", "g", "p") == 2
+    assert llm.reward_score("q", "g", "p") == 2                     # same object: cache hit
+    assert len(server.bodies) == 1 and llm.cache_hits == 1
+    rerun = fast(server.url, cache_path=str(cache))                 # a rerun pays nothing twice
+    assert rerun.reward_score("q", "g", "p") == 2 and len(server.bodies) == 1
+    assert rerun.reward_score("q", "g", "other") == 2 and len(server.bodies) == 2
+    # a different model is a different request
+    assert LLMJudge(server.url, "other-model", cache_path=str(cache)).reward_score("q", "g", "p") == 2
+    assert len(server.bodies) == 3
+    # a crash mid-write leaves a partial line: it is skipped on load and the next record starts a fresh line
+    with open(cache, "a") as f:
+        f.write('{"key": "abc", "cont')
+    crashed = fast(server.url, cache_path=str(cache))
+    assert crashed.reward_score("q", "g", "p") == 2 and len(server.bodies) == 3
+    assert crashed.reward_score("q", "g", "new") == 2 and len(server.bodies) == 4
+    again = fast(server.url, cache_path=str(cache))
+    assert again.reward_score("q", "g", "new") == 2 and len(server.bodies) == 4
+
+
+def test_malformed_answers_are_failed_judgements(server, tmp_path):
+    llm = fast(server.url, cache_path=str(tmp_path / "c.jsonl"))
+    server.script = ["The answer is 3", "7", "maybe", b"not json", b'{"choices": []}']
+    assert llm.reward_score("q", "g", "a") is None
+    assert llm.benchmark_score("q", "g", "b") is None              # out of the 0..2 range
+    assert llm.is_repetition("p", "c") is None
+    assert llm.reward_score("q", "g", "d") is None                 # a 200 that is not JSON
+    assert llm.reward_score("q", "g", "e") is None                 # a 200 without a message
+    assert llm.failures == 5
+    # a broken response is not cached (asked again); a model's unparseable answer is (it would say it again)
+    assert llm.reward_score("q", "g", "d") == 2 and llm.reward_score("q", "g", "a") is None
+    assert len(server.bodies) == 6 and llm.failures == 6
+
+
+def test_timeouts_then_error(server):
+    server.script = [("sleep", 0.5, "1")] * 3
+    llm = fast(server.url, timeout=0.1, retries=2)
+    t0 = time.time()
+    with pytest.raises(JudgeError, match=r"LLM judge at http://127\.0\.0\.1:\d+/v1/chat/completions did not answer "
+                                         r"after 3 attempts"):
+        llm.reward_score("q", "g", "p")
+    assert len(server.bodies) == 3 and time.time() - t0 < 3
+
+
+def test_unreachable_endpoint():
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    llm = LLMJudge(f"http://127.0.0.1:{port}/v1/", "m", timeout=1.0, retries=1, backoff=0.01)
+    assert llm.url == f"http://127.0.0.1:{port}/v1/chat/completions"
+    with pytest.raises(JudgeError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions did not answer after 2 "
+                                         r"attempts .*start the server"):
+        llm.is_repetition("a", "b")
+    with pytest.raises(ValueError, match="base URL"):
+        LLMJudge("", "m")
+
+
+def test_map_runs_requests_in_flight_and_dedups():
+    server = FakeServer(default=lambda user: str(len(user.split("Predicted Answer: ")[1]) % 3))
+    try:
+        server.script = [("sleep", 0.2, None)] * 6
+        llm = fast(server.url, workers=4)
+        reqs = [("q", "g", "x" * n) for n in range(6)] + [("q", "g", "xx")]
+        assert llm.benchmark_score.map(reqs) == [n % 3 for n in range(6)] + [2]
+        assert len(server.bodies) == 6 and server.max_active > 1
+        # judge_many goes through .map, and metrics use it for the benchmark
+        assert judge_many(llm.benchmark_score, [("q", "g", "x")]) == [1]
+        rec = {"video": "v", "question_id": "a", "duration": 10,
+               "conversation": [{"role": "user", "content": "q", "time": 0}],
+               "answer": [{"role": "assistant", "content": "g", "related_timespan": [0, 9], "reply_timespan": [0, 10]}]}
+        res = proactive_pauc([rec], {"a": [{"time": 2, "content": "x"}, {"time": 5, "content": "y"}]},
+                             llm.benchmark_score)
+        # "x" -> 1 at 2 s, "x y" -> len 3 % 3 = 0 at 5 s: area = 0.5*1 + 1.5*1 + 7.5*0 = 2 -> 2/20
+        assert res["pauc"] == pytest.approx(10.0)
+    finally:
+        server.close()
