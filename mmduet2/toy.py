@@ -1,0 +1,307 @@
+"""ShapeWatch: a synthetic proactive video QA benchmark small enough to train on a CPU in minutes.
+
+Videos are 112x112 px mp4 at 4 fps, 16-24 s long, a dark noisy background on which 1-3 big flat shapes (circle,
+square, triangle; red, green, blue, yellow) appear, drift slowly and vanish, each visible 4-10 s; sometimes one
+changes colour mid-life, which ends a visible span of the old colour and starts one of the new colour. Questions
+ask about one colour or one shape ("Tell me every time a red shape appears."); every matching appearance is a
+gold answer ("A red circle appeared.") with related_timespan [appear, vanish] and reply_timespan
+[appear, min(vanish + 1, duration)], the rest are distractors. Half the dialogues are 1QnA (one question at 0),
+half nQnA (2-3 questions; one asked mid-video first gets an immediate answer, "A red circle is visible." or
+"Nothing yet.", then covers the appearances that start before the next question). This is the toy stand-in for
+the paper's data (METHOD.md sections 1 and 4); it is not from the paper. In nQnA, questions come at odd seconds
+away from appearances, and an answer still open when the next question arrives has both spans cut to end 1 s
+before it, so with 2 frames per turn its reply lands on the turn before the new question, not after it.
+
+Timing is exact under the frame convention of video.py: event times are whole seconds, an object is on screen
+for video times t with appear <= t < vanish, and the frame stamped k s shows time k. So a 1 s sampler sees an
+object first in the frame stamped `appear`, the start of its reply span, and never earlier. To keep it learnable
+two screen halves act as lanes holding one object at a time (at most 2 visible, never overlapping), about half
+the objects match the question, and about 15 % of videos have nothing to report (silence must be learnt).
+
+    python -m mmduet2.toy --out data/toy --train 400 --val 40 --test 60 --seed 0
+"""
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .video import write_video
+
+VERSION = 1
+SIZE, FPS = 112, 4                      # frame side in px, frames per second of the mp4
+BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
+SHAPES = ["circle", "square", "triangle"]
+VOCAB = {"colours": list(COLOURS), "shapes": SHAPES}   # must equal judges.VOCAB (tested)
+SPLITS = {"train": 0, "val": 1, "test": 2}              # folded into each example's seed
+P_EMPTY = 0.15                          # share of videos where no object is made to match
+TASK = "shapewatch"
+
+
+@dataclass
+class Segment:
+    colour: str
+    start: int                          # on screen for start <= t < end (whole seconds)
+    end: int
+
+
+@dataclass
+class Obj:
+    shape: str
+    size: int                           # px across
+    p0: tuple                           # centre (x, y) when it appears; moves linearly to p1 when it vanishes
+    p1: tuple
+    segments: list                      # consecutive Segments; a colour change splits the life in two
+
+    def centre(self, t):
+        a, b = self.segments[0].start, self.segments[-1].end
+        f = min(max((t - a) / (b - a), 0.0), 1.0)
+        return tuple(u + f * (v - u) for u, v in zip(self.p0, self.p1))
+
+    def colour_at(self, t):
+        return next((s.colour for s in self.segments if s.start <= t < s.end), None)
+
+
+@dataclass
+class Scene:
+    duration: int
+    objects: list
+    questions: list                     # [(time, target)], target a colour or a shape
+
+
+def question_text(target):
+    return f"Tell me every time a {target} shape appears." if target in COLOURS else \
+        f"Tell me every time a {target} appears."
+
+
+def matches(target, colour, shape):
+    return target in (colour, shape)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scenes
+
+def _attributes(rng, target, match):
+    """(colour, shape) that does or does not match `target`."""
+    colours = [c for c in COLOURS if (c == target) == match] if target in COLOURS else list(COLOURS)
+    shapes = [s for s in SHAPES if (s == target) == match] if target in SHAPES else SHAPES
+    return str(rng.choice(colours)), str(rng.choice(shapes))
+
+
+def make_scene(rng, kind):
+    """A random scene: first the timeline (lanes, appear / vanish / colour-change times, question times), then
+    the looks, each object matching the question in force when it appears with probability 1/2."""
+    duration = int(rng.integers(16, 25))
+    n_questions = 1 if kind == "1qna" else int(rng.integers(2, 4))
+    targets = [str(t) for t in rng.choice(list(COLOURS) + SHAPES, size=n_questions, replace=False)]
+    free, timeline = [1, 1], []                         # per lane: earliest next appearance
+    for _ in range(int(rng.choice([1, 2, 3], p=[0.25, 0.4, 0.35]))):
+        lane = int(rng.integers(2)) if free[0] == free[1] else int(np.argmin(free))
+        if free[lane] > duration - 4:
+            break
+        a = int(rng.integers(free[lane], min(free[lane] + 4, duration - 4) + 1))
+        b = min(a + int(rng.integers(4, 11)), duration)
+        free[lane] = b + 1                              # a gap of >= 1 s keeps appearances separate events
+        m = int(rng.integers(a + 2, b - 1)) if b - a >= 5 and rng.random() < 0.25 else None  # colour change
+        timeline.append((lane, a, b, m))
+    times = [0]
+    if kind == "nqna":                                  # odd seconds away from appearances, >= 4 s apart
+        starts = [t for _, a, _, m in timeline for t in (a, m) if t is not None]
+        cand = [q for q in range(5, duration - 3, 2) if all(abs(q - t) > 1 for t in starts)] or \
+            list(range(5, duration - 3, 2))
+        for q in rng.permutation(cand):
+            if len(times) < n_questions and all(abs(int(q) - t) >= 3 for t in times):
+                times.append(int(q))
+    times = sorted(times)
+    scene = Scene(duration, [], list(zip(times, targets)))
+
+    def target_at(t):
+        return [tg for q, tg in scene.questions if q <= t][-1]
+
+    empty = rng.random() < P_EMPTY
+    for lane, a, b, m in timeline:
+        colour, shape = _attributes(rng, target_at(a), match=not empty and rng.random() < 0.5)
+        segments = [Segment(colour, a, b)]
+        if m is not None:
+            new = [c for c in COLOURS if c != colour and not (empty and c == target_at(m))]
+            segments = [Segment(colour, a, m), Segment(str(rng.choice(new)), m, b)]
+        size = int(rng.integers(24, 33))
+        lo = (lane * SIZE // 2 + size // 2 + 2, size // 2 + 2)
+        hi = ((lane + 1) * SIZE // 2 - size // 2 - 2, SIZE - size // 2 - 2)
+        p0, p1 = (tuple(float(rng.uniform(lo[d], hi[d])) for d in range(2)) for _ in range(2))
+        scene.objects.append(Obj(shape, size, p0, p1, segments))
+    if not empty and not any(not g.get("immediate") for g in _gold(scene)):   # make sure something answers
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        a, b = obj.segments[0].start, obj.segments[-1].end
+        colour, obj.shape = _attributes(rng, target_at(a), match=True)
+        obj.segments = [Segment(colour, a, b)]
+    return scene
+
+
+def _gold(scene):
+    """The scene's answers, in the training-dialogue format (see the module docstring)."""
+    answers, d = [], scene.duration
+    appearances = sorted(((o, s) for o in scene.objects for s in o.segments), key=lambda x: x[1].start)
+    for j, (q, target) in enumerate(scene.questions):
+        q_next = scene.questions[j + 1][0] if j + 1 < len(scene.questions) else float("inf")
+        if j > 0:
+            seen = [f"A {s.colour} {o.shape} is visible." for o, s in appearances
+                    if s.start <= q < s.end and matches(target, s.colour, o.shape)]
+            answers.append({"question": j, "content": " ".join(seen) or "Nothing yet.", "related_timespan": [q, q],
+                            "reply_timespan": [q, min(q + 1, d)], "immediate": True})
+        end = min(d, q_next - 1)                # answers to question j are due before question j + 1
+        for o, s in appearances:
+            if q < s.start < q_next and matches(target, s.colour, o.shape):
+                answers.append({"question": j, "content": f"A {s.colour} {o.shape} appeared.",
+                                "related_timespan": [s.start, min(s.end, end)],
+                                "reply_timespan": [s.start, min(s.end + 1, end)]})
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+def draw_frame(scene, t, background):
+    """The picture at video time t (seconds): the background, then every object on screen at t."""
+    img = Image.fromarray(background)
+    draw = ImageDraw.Draw(img)
+    for o in scene.objects:
+        colour = o.colour_at(t)
+        if colour is None:
+            continue
+        (x, y), r = o.centre(t), o.size / 2
+        if o.shape == "circle":
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[colour])
+        elif o.shape == "square":
+            draw.rectangle([x - 0.9 * r, y - 0.9 * r, x + 0.9 * r, y + 0.9 * r], fill=COLOURS[colour])
+        else:
+            draw.polygon([(x, y - r), (x - r, y + 0.8 * r), (x + r, y + 0.8 * r)], fill=COLOURS[colour])
+    return np.asarray(img)
+
+
+def render(scene, rng):
+    """All frames of the mp4: frame j shows time j / FPS, so whole-second times land exactly on frames."""
+    # one noise pattern per video (a static texture): noise redrawn every frame would dominate the mp4's size
+    background = np.clip(BACKGROUND + rng.normal(0, NOISE, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return [draw_frame(scene, j / FPS, background) for j in range(scene.duration * FPS)]
+
+
+def make_example(seed, split, i):
+    """Example i of a split: (scene, rendered frames, training-dialogue record). Same arguments, same output."""
+    rng = np.random.default_rng([seed, SPLITS[split], i])
+    kind = "1qna" if i % 2 == 0 else "nqna"
+    scene = make_scene(rng, kind)
+    name = f"{split}_{i:05d}"
+    record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
+              "kind": kind, "questions": [{"time": float(q), "text": question_text(t)} for q, t in scene.questions],
+              "answers": _gold(scene)}
+    return scene, render(scene, rng), record
+
+
+def to_proactive(record):
+    """A 1QnA training record as a ProactiveVideoQA record (video path relative to the dataset folder)."""
+    return {"video": record["video"], "question_id": record["id"], "duration": record["duration"], "task": TASK,
+            "conversation": [{"role": "user", "content": record["questions"][0]["text"], "time": 0.0}],
+            "answer": [{"role": "assistant", "content": a["content"], "related_timespan": a["related_timespan"],
+                        "reply_timespan": a["reply_timespan"]} for a in record["answers"]]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export
+
+def generate(out_dir, train=400, val=40, test=60, seed=0, log=print):
+    """Write the whole dataset into `out_dir` (which should be new; ensure_toy_data makes that atomic)."""
+    t0, sizes, stats = time.time(), {"train": train, "val": val, "test": test}, {}
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    for split, n in sizes.items():
+        records = []
+        for i in range(n):
+            _, frames, record = make_example(seed, split, i)
+            write_video(os.path.join(out_dir, record["video"]), frames, FPS)
+            records.append(record)
+        with open(os.path.join(out_dir, f"{split}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        if split != "train":
+            with open(os.path.join(out_dir, f"{split}_proactive.json"), "w") as f:
+                json.dump([to_proactive(r) for r in records if r["kind"] == "1qna"], f, indent=1)
+        per_video = [sum(not a.get("immediate") for a in r["answers"]) for r in records]
+        stats[split] = {"dialogues": n, "answers": sum(per_video), "videos_without_answer": per_video.count(0),
+                        "answers_per_video": {str(k): per_video.count(k) for k in sorted(set(per_video))},
+                        "immediate_answers": sum(a.get("immediate", False) for r in records for a in r["answers"])}
+        if log:
+            log(f"{split}: {n} dialogues, {stats[split]}")
+    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "fps": FPS, "size": SIZE, "task": TASK,
+            "stats": stats, "seconds": round(time.time() - t0, 1)}
+    if log:
+        log(f"wrote {sum(sizes.values())} videos in {meta['seconds']} s")
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:   # written last: its presence means complete
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def ensure_toy_data(out_dir="data/toy", train=400, val=40, test=60, seed=0, force=False, log=print):
+    """Generate ShapeWatch into `out_dir` unless it is already there with these settings. Returns out_dir.
+
+    The data is written to a temporary sibling folder and renamed into place, so an interrupted run never
+    leaves half a dataset. A folder made with other settings is an error unless force=True (then replaced).
+    """
+    out_dir = os.path.normpath(out_dir)
+    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test}}
+    meta_path = os.path.join(out_dir, "meta.json")
+
+    def have():
+        if not os.path.exists(meta_path):
+            return None
+        with open(meta_path) as f:
+            meta = json.load(f)
+        return {k: meta.get(k) for k in want}
+
+    found = have()
+    if found == want and not force:
+        return out_dir
+    if not force and (found is not None or os.path.isdir(out_dir) and os.listdir(out_dir)):
+        raise ValueError(f"{out_dir} already holds other data ({found or 'no meta.json'}), not ShapeWatch {want}: "
+                         "delete it, pick another folder, or pass force=True (--force).")
+    tmp, old = f"{out_dir}.tmp{os.getpid()}", f"{out_dir}.old{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    try:
+        if log:
+            log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
+        generate(tmp, train, val, test, seed, log)
+        if os.path.isdir(out_dir):
+            os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if have() != want:                  # another process finishing first is fine, anything else is not
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def main():
+    p = argparse.ArgumentParser(description="Generate the ShapeWatch toy benchmark (videos + dialogue annotations).")
+    p.add_argument("--out", default="data/toy", help="output folder (created atomically)")
+    p.add_argument("--train", type=int, default=400, help="training dialogues (one video each)")
+    p.add_argument("--val", type=int, default=40, help="validation dialogues")
+    p.add_argument("--test", type=int, default=60, help="test dialogues (the 1QnA half is the benchmark)")
+    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same data")
+    p.add_argument("--force", action="store_true", help="replace an existing folder made with other settings")
+    args = p.parse_args()
+    try:
+        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    with open(os.path.join(args.out, "meta.json")) as f:
+        print(json.dumps(json.load(f), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Reading frames from a video at a fixed interval, and writing small mp4 files.
+
+MMDuet2 (METHOD.md section 1) shows the model one frame per `interval` seconds. Frame k (k = 1..N, with
+N = floor(duration / interval)) is the picture on screen at video time k * interval: the last decoded frame
+whose presentation time is <= k * interval (past the last frame's time, that is the file's last frame), and
+its time stamp is k * interval. A turn's time is therefore the time of its last frame, and an event that starts
+at time a is first seen in the frame stamped with the first multiple of `interval` that is >= a. Frames are
+picked by time stamp, never by frame index, so a 7.5 fps file and a 30 fps file give the same sampling.
+
+Videos are decoded with PyAV, sequentially, keeping only the frames that are picked; time 0 is the first
+decoded frame (a stream whose first pts is not 0 is shifted). A folder of jpg/png frames is also a video:
+its files sorted by name are frames 0, 1, 2, ... shown at i / fps, and `fps` must be given.
+"""
+import math
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+EPS = 1e-6                                      # float slack when comparing times (0.1 * 3 != 0.3)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+class VideoError(ValueError):
+    """A video that cannot be read (missing, corrupt, too short); the message names the file and the fix."""
+
+
+def _folder_frames(path, fps):
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS))
+    if not names:
+        raise VideoError(f"{path} is a folder without .jpg/.png frames: point to a video file or a frame folder.")
+    if not fps or fps <= 0:
+        raise VideoError(f"{path} is a folder of frames, which has no frame rate: pass fps (e.g. fps=2.0).")
+    return [os.path.join(path, n) for n in names]
+
+
+def video_duration(path, fps=None):
+    """Length of a video file or frame folder in seconds (container metadata; demuxing if it has none)."""
+    if not os.path.exists(path):
+        raise VideoError(f"{path} does not exist: check the path (relative paths resolve against the annotation).")
+    if os.path.isdir(path):
+        return len(_folder_frames(path, fps)) / fps
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container, path)
+            if stream.duration:
+                return float(stream.duration * stream.time_base)
+            if container.duration:
+                return container.duration / av.time_base
+            ends = [(p.pts, p.pts + (p.duration or 0)) for p in container.demux(stream) if p.pts is not None]
+            return float((max(e for _, e in ends) - min(s for s, _ in ends)) * stream.time_base) if ends else 0.0
+    except av.FFmpegError as e:
+        raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+
+
+def _video_stream(container, path):
+    if not container.streams.video:
+        raise VideoError(f"{path} has no video stream: point to a file that contains video.")
+    return container.streams.video[0]
+
+
+def read_frames(path, interval, fps=None, max_frames=None):
+    """Frames 1..N of a video at `interval` seconds: (list of uint8 HxWx3 arrays, list of time stamps)."""
+    if interval <= 0:
+        raise ValueError(f"interval must be positive, got {interval}.")
+    if not os.path.exists(path):
+        raise VideoError(f"{path} does not exist: check the path (relative paths resolve against the annotation).")
+    if os.path.isdir(path):
+        files = _folder_frames(path, fps)
+        duration = len(files) / fps
+        n = _count(path, duration, interval, max_frames)
+        # the file shown at time t is number floor(t * fps), clipped to the last one
+        picks = [min(int(math.floor(k * interval * fps + EPS)), len(files) - 1) for k in range(1, n + 1)]
+        frames = [np.asarray(Image.open(files[i]).convert("RGB")) for i in picks]
+    else:
+        frames, duration = _decode(path, interval, max_frames)
+        n = _count(path, duration, interval, max_frames)
+        frames = frames[:n]
+    return frames, [k * interval for k in range(1, n + 1)]
+
+
+def _count(path, duration, interval, max_frames):
+    n = int(math.floor(duration / interval + EPS))
+    if n == 0:
+        raise VideoError(f"{path} is {duration:.2f} s long, shorter than one frame interval ({interval} s): "
+                         "use a longer video or a smaller interval.")
+    return min(n, max_frames) if max_frames else n
+
+
+def _decode(path, interval, max_frames):
+    """Decode sequentially; picked[k-1] is the last frame with time <= k * interval. Returns (picked, duration)."""
+    picked, prev, prev_rgb, t0, t, step = [], None, None, None, 0.0, 0.0
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container, path)
+            step = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t0 = frame.time if t0 is None else t0
+                t = frame.time - t0
+                if frame.duration and frame.time_base:
+                    step = float(frame.duration * frame.time_base)
+                while prev is not None and t > (len(picked) + 1) * interval + EPS:
+                    prev_rgb = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
+                    picked.append(prev_rgb)                 # the same array when a frame is shown twice
+                prev, prev_rgb = frame, None
+                if max_frames and len(picked) >= max_frames:
+                    return picked, max_frames * interval
+    except av.FFmpegError as e:
+        raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    if prev is None:
+        raise VideoError(f"{path} contains no decodable video frames: re-encode it or check that it is a video.")
+    duration = t + step                             # the last frame stays on screen for one frame period
+    last = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
+    while len(picked) < math.floor(duration / interval + EPS):
+        picked.append(last)                         # stamps past the last frame's time show the last frame
+    return picked, duration
+
+
+def write_video(path, frames, fps):
+    """Write uint8 HxWx3 frames as an mp4 (H.264, near-lossless so colours survive), atomically."""
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    if not frames:
+        raise ValueError(f"write_video({path}): no frames to write.")
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"write_video({path}): frame size {w}x{h} must be even for yuv420p; crop or pad it.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.mp4"
+    rate = Fraction(fps).limit_denominator(1001)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    # bf=0 keeps pts == decode order; threads=1 keeps the bytes identical run to run (the toy data is seeded)
+    options = {"crf": "10", "preset": "veryfast", "bf": "0", "threads": "1"} if codec == "libx264" else {"b": "4M"}
+    try:
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                frame.pts, frame.time_base = i, 1 / rate
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
