@@ -62,8 +62,12 @@ class RuleJudge:
 
     Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
     when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
-    A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
-    Example (max_score 2): gold "A red circle appeared.", reply "A red square appeared." -> 1.
+    A reply object that contradicts what the question asks about (a blue one for "every time a red shape
+    appears") earns nothing: partial credit is for the attribute the question did not ask, so a policy cannot
+    farm it by naming any object at all (an RL policy found exactly that). A gold naming no object ("Nothing
+    yet.") scores max_score iff the reply names none either.
+    Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
+    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0.
     """
 
     def __init__(self, max_score=2):
@@ -71,6 +75,8 @@ class RuleJudge:
 
     def __call__(self, question, gold, reply):
         gold_pairs, reply_pairs = parse_objects(gold), parse_objects(reply)
+        for qc, qs in parse_objects(question):
+            reply_pairs = [(c, s) for c, s in reply_pairs if (qc is None or c == qc) and (qs is None or s == qs)]
         if not gold_pairs:
             return self.max_score if not reply_pairs else 0
         best = [max([(c == gc) + (s == gs) for c, s in reply_pairs], default=0) for gc, gs in gold_pairs]

@@ -20,6 +20,7 @@ import os
 import tempfile
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -93,11 +94,16 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.gradient_checkpointing = False  # set by the training scripts (--grad-checkpointing)
 
     def forward(self, x, pos, mask, cache=None, start=0):
         cos, sin = mrope_cos_sin(pos, self.cfg, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i, start)
+            if self.gradient_checkpointing and self.training and cache is None:
+                # Recompute each layer's activations in the backward pass: memory for compute, same numbers.
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, start, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i, start)
         return self.norm(x)
 
 

@@ -25,7 +25,8 @@ def test_vocab_and_parse_objects():
 
 @pytest.mark.parametrize("reply, s2, s4", [
     ("A red circle appeared.", 2, 4), ("a RED CIRCLE!", 2, 4),
-    ("A red square appeared.", 1, 2), ("A blue circle appeared.", 1, 2), ("Something red.", 1, 2),
+    ("A red square appeared.", 1, 2), ("Something red.", 1, 2),
+    ("A blue circle appeared.", 0, 2),  # blue contradicts the question (red shapes); "q" asks about nothing
     ("A blue square appeared.", 0, 0), ("Nothing yet.", 0, 0),
     ("A blue square and a red circle appeared.", 2, 4),   # the best pair counts
 ])
@@ -33,6 +34,15 @@ def test_rule_judge_scales(reply, s2, s4):
     gold = "A red circle appeared."
     assert RuleJudge(2)("Tell me every time a red shape appears.", gold, reply) == s2
     assert RuleJudge(max_score=4)("q", gold, reply) == s4
+
+
+def test_rule_judge_gives_no_credit_for_contradicting_the_question():
+    j = RuleJudge(2)
+    assert j("Tell me every time a square appears.", "A green square appeared.", "A blue square appeared.") == 1
+    assert j("Tell me every time a square appears.", "A green square appeared.", "A green circle appeared.") == 0
+    # the reward-hacking reply an RL policy found: the same wrong object for every question
+    assert j("Tell me every time a red shape appears.", "A red square appeared.",
+             "A blue square appearedA blue square is visibleNO REPLY") == 0
 
 
 def test_rule_judge_special_golds():

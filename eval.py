@@ -1,0 +1,132 @@
+"""Evaluate checkpoints on ProactiveVideoQA-format records and score them with PAUC (METHOD.md section 4).
+
+    python eval.py                                   # the toy experiment: runs/toy/sft vs runs/toy/rl
+    python eval.py --checkpoint DIR --gold FILE --video-root DIR --judge-url URL --judge-model NAME --out DIR
+    python eval.py --pred predictions.jsonl --gold FILE ...   # score existing predictions, no model
+
+Writes OUT/predictions.jsonl (one line per example, appended as it goes so an interrupted run resumes),
+OUT/metrics.json, timeline PNGs for a few examples, and prints a table. The toy benchmark (ShapeWatch) is
+scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint.
+"""
+import argparse
+import json
+import os
+import sys
+
+from mmduet2.data import load_proactive_records
+from mmduet2.evaluate import load_predictions, predict_records, score
+from mmduet2.judges import LLMJudge, RuleJudge
+from mmduet2.plot import draw_timeline
+from mmduet2.stream import StreamConfig, load_checkpoint
+from mmduet2.training import pick_device
+
+TOY = {"sft": "runs/toy/sft", "rl": "runs/toy/rl"}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="Stream checkpoints over a proactive video QA set and score PAUC.")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="checkpoint dir (hub layout + tokenizer.json); repeat as NAME=DIR to compare several "
+                        "(default: the toy experiment's sft and rl)")
+    p.add_argument("--gold", default="data/toy/test_proactive.json", help="ProactiveVideoQA-format JSON")
+    p.add_argument("--video-root", default="data/toy", help="folder the records' video paths are relative to")
+    p.add_argument("--pred", help="score this predictions JSONL instead of running a model")
+    p.add_argument("--out", default="runs/toy/eval", help="output folder (one subfolder per checkpoint)")
+    p.add_argument("--judge", choices=["rule", "llm"], help="default: rule for the toy, llm otherwise")
+    p.add_argument("--judge-url", default="", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--judge-model", default="", help="model name the endpoint serves")
+    p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between frames (paper: 1 s)")
+    p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
+    p.add_argument("--timelines", type=int, default=4, help="timeline PNGs to draw")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    toy = args.gold == "data/toy/test_proactive.json"
+    if toy and not os.path.exists(args.gold):
+        sys.exit("data/toy is missing: run `python train_sft.py` first (it generates the toy data).")
+    records = load_proactive_records(args.gold)[:args.limit or None]
+    judge_kind = args.judge or ("rule" if toy else "llm")
+    if judge_kind == "llm":
+        if not (args.judge_url and args.judge_model):
+            sys.exit("The LLM judge needs --judge-url and --judge-model (or pass --judge rule for ShapeWatch).")
+        judge = LLMJudge(args.judge_url, args.judge_model, cache_path=os.path.join(args.out, "judge_cache.jsonl"))
+        judge = judge.benchmark_score
+    else:
+        judge = RuleJudge(max_score=2)
+
+    if args.pred:
+        runs = {"pred": args.pred}
+    elif args.checkpoint:
+        runs = dict(c.split("=", 1) if "=" in c else (os.path.basename(os.path.normpath(c)), c)
+                    for c in args.checkpoint)
+    else:
+        runs = TOY
+    cfg = StreamConfig(args.frames_per_turn, args.frame_interval, args.max_new_tokens)
+    results = {}
+    for name, path in runs.items():
+        out = os.path.join(args.out, name) if len(runs) > 1 or not args.pred else args.out
+        os.makedirs(out, exist_ok=True)
+        if args.pred:
+            preds, failed = load_predictions(path), []
+        else:
+            if not os.path.exists(os.path.join(path, "config.json")):
+                sys.exit(f"{path} holds no checkpoint (config.json missing): train it first or fix --checkpoint.")
+            print(f"[{name}] streaming {len(records)} videos with {path}")
+            model, tok = load_checkpoint(path, device=pick_device(args.device))
+            preds, failed = predict_records(model, tok, records, args.video_root, cfg,
+                                            pred_path=os.path.join(out, "predictions.jsonl"))
+        metrics = score(records, preds, judge)
+        metrics["failed_videos"] = [{"question_id": q, "error": e} for q, e in failed]
+        write_json(os.path.join(out, "metrics.json"), metrics)
+        results[name] = metrics
+        for rec in records[:args.timelines]:
+            draw_timeline(os.path.join(out, f"timeline_{rec['question_id']}.png"), rec["duration"],
+                          preds.get(rec["question_id"], []), [a["reply_timespan"] for a in rec["answer"]],
+                          title=rec["conversation"][0]["content"])
+        for q, e in failed:
+            print(f"[{name}] skipped {q}: {e}", file=sys.stderr)
+
+    print_table(results)
+    if runs is TOY:
+        write_json("runs/toy/eval.json", results)
+        draw_toy_comparison(records, args.out)
+        print("wrote runs/toy/eval.json and runs/toy/eval/compare_*.png")
+
+
+def print_table(results):
+    cols = [("pauc", "PAUC"), ("pauc_omega0", "PAUC w=0"), ("pauc_omega1", "PAUC w=1"),
+            ("duplicate_ratio", "dup %"), ("reply_turns", "replies/ex"), ("median_reply_delay", "delay s"),
+            ("answered_spans", "spans hit")]
+    print(f"{'model':<10}" + "".join(f"{title:>12}" for _, title in cols))
+    for name, m in results.items():
+        cells = []
+        for key, _ in cols:
+            v = m.get(key)
+            v = v * 100 if key in ("duplicate_ratio", "answered_spans") and v is not None else v
+            cells.append(f"{v:>12.2f}" if isinstance(v, (int, float)) else f"{'-':>12}")
+        print(f"{name:<10}" + "".join(cells))
+
+
+def draw_toy_comparison(records, out, n=4):
+    preds = {name: load_predictions(os.path.join(out, name, "predictions.jsonl")) for name in TOY}
+    for rec in records[:n]:
+        q = rec["question_id"]
+        draw_timeline(os.path.join(out, f"compare_{q}.png"), rec["duration"], None,
+                      [a["reply_timespan"] for a in rec["answer"]], title=rec["conversation"][0]["content"],
+                      rows={name: p.get(q, []) for name, p in preds.items()})
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()

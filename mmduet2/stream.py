@@ -1,0 +1,256 @@
+"""The streaming engine: one code path for evaluation, RL rollouts and the live demo.
+
+MMDuet2 (METHOD.md section 1) turns a video stream into plain multi-turn chat. Every user turn carries the
+next `frames_per_turn` frames (each its own image) and, when the user speaks, text; after every user turn the
+assistant either replies or says "NO REPLY". The KV cache lives across turns, so a turn costs only its own
+tokens: the frames, the user text, the `<|im_start|>assistant\\n` template, then one forward per decoded token.
+
+`Streamer` holds a batch of rows that watch the same stream. Batch 1 is the demo and evaluation; an RL group
+prefills the shared context once at batch 1, `expand(G)`s the cache, then every row samples its own replies.
+Each row records every token it holds and whether the policy sampled it (reply tokens and their <|im_end|>)
+or it was forced (frames, user text, template, context replies): that flag becomes the RL loss mask.
+
+Departures: a reply that hits `max_new_tokens` is closed with a forced <|im_end|> (not trained on) and the
+episode goes on, as the paper's rollouts do. The <|im_end|> that closes a reply is written to the cache at the
+start of the next turn's chunk rather than with its own forward, which saves one forward per turn and gives
+the same cache (the model never conditions on it before then).
+"""
+import argparse
+import sys
+import time as _time
+from dataclasses import dataclass, field
+
+import torch
+
+from .dialogue import NO_REPLY, SYSTEM_PROMPT, reply_ids, user_chunk_ids
+from .processor import process_images
+
+
+@dataclass
+class StreamConfig:
+    frames_per_turn: int = 2
+    frame_interval: float = 1.0      # seconds per frame; the paper trains at 2 s and infers at 1 s
+    max_new_tokens: int = 100        # per assistant turn; hitting it closes the turn, not the episode
+    temperature: float = 0.0         # 0 = greedy; RL samples at 1.2
+    top_k: int = 0                   # 0 = no top-k filter; RL uses 10
+    min_pixels: int = 56 * 56
+    max_pixels: int = 128 * 28 * 28  # about 128 visual tokens per frame, as MMDuet2
+
+
+@dataclass
+class Row:
+    """Everything one row of the stream holds, token by token."""
+    ids: list = field(default_factory=list)       # every token in this row's sequence
+    sampled: list = field(default_factory=list)   # True where the policy sampled the token
+    logprobs: list = field(default_factory=list)  # sampling-time log-prob (at the temperature), 0 if forced
+    turns: list = field(default_factory=list)     # (time, reply text) per assistant turn, NO REPLY included
+
+
+def sample_next(logits, temperature, top_k, generators=None, active=None):
+    """Pick one token per row from logits (B, V); returns (tokens (B,), log-probs (B,) at the temperature).
+
+    Only `active` rows draw from their generator (one per row), so a row samples the same tokens whether it
+    runs alone or in a batch whose other rows finished earlier; inactive rows get the argmax."""
+    tokens = logits.argmax(-1)
+    if temperature <= 0:
+        return tokens, torch.zeros(tokens.shape, dtype=torch.float32)
+    logits = logits.float() / temperature
+    logp = logits.log_softmax(-1)
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    rows = range(len(probs)) if active is None else active.nonzero()[:, 0].tolist()
+    for i in rows:
+        tokens[i] = torch.multinomial(probs[i], 1, generator=None if generators is None else generators[i])[0]
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+
+
+class Streamer:
+    """Rows watching one video stream through a model with a KV cache kept across turns."""
+
+    def __init__(self, model, tokenizer, cfg=None, system_prompt=SYSTEM_PROMPT, seed=None):
+        self.model, self.tok, self.cfg = model, tokenizer, cfg or StreamConfig()
+        self.system_prompt = system_prompt
+        self.device = next(model.parameters()).device
+        self.cache = model.new_cache(1)
+        self.rows = [Row()]
+        self.pending = [[]]               # tokens written to the row but not yet to the cache
+        self.frames_seen = 0
+        self.pixel_values, self.grids = [], []  # every frame fed so far, to re-feed when training on a row
+        self.seed = seed
+        self.generators = None if seed is None else [torch.Generator().manual_seed(seed)]
+
+    @property
+    def time(self):
+        return self.frames_seen * self.cfg.frame_interval
+
+    def expand(self, n):
+        """Turn a batch-1 stream into n rows that share everything so far (one RL group)."""
+        assert len(self.rows) == 1, "expand() takes a single-row stream"
+        self.cache.expand(n)
+        row, pend = self.rows[0], self.pending[0]
+        self.rows = [Row(list(row.ids), list(row.sampled), list(row.logprobs), list(row.turns)) for _ in range(n)]
+        self.pending = [list(pend) for _ in range(n)]
+        if self.seed is not None:
+            self.generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
+
+    @torch.no_grad()
+    def step(self, frames, text=None, reply=None):
+        """One turn: feed `frames` (PIL images or HxWx3 uint8 arrays) and optional user `text`, then let every
+        row answer. With `reply` given the answer is forced instead (ground-truth context turns).
+        Returns each row's answer text, None for silence."""
+        pixel_values, grid = process_images(frames, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
+        merge = self.model.config.vision.spatial_merge_size ** 2
+        tokens_per_frame = int(grid[0].prod()) // merge
+        chunk = user_chunk_ids(self.tok, self.frames_seen == 0, len(frames), tokens_per_frame, text,
+                               system_prompt=self.system_prompt)
+        self.frames_seen += len(frames)
+        self.pixel_values.append(pixel_values)
+        self.grids.append(grid)
+        for row in self.rows:
+            row.ids += chunk
+            row.sampled += [False] * len(chunk)
+            row.logprobs += [0.0] * len(chunk)
+        b = len(self.rows)
+        forced = reply_ids(self.tok, reply) if reply is not None else []
+        # Left-pad the rows whose pending tokens differ in number (a capped reply leaves two); pads are masked.
+        seqs = [p + chunk + forced[:-1] for p in self.pending]
+        width = max(map(len, seqs))
+        ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=self.device)  # (B, T)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        mask = None if bool(mask.all()) else mask
+        self.pending = [[] for _ in range(b)]
+        if reply is not None:  # a context turn: the ground-truth reply is part of the prompt
+            self._forward(ids, pixel_values.repeat(b, 1), grid.repeat(b, 1), mask)
+            for i, row in enumerate(self.rows):
+                self._record(i, forced, sampled=False)
+                row.turns.append((self.time, reply))
+            return [None if reply == NO_REPLY else reply] * b
+        logits = self._forward(ids, pixel_values.repeat(b, 1), grid.repeat(b, 1), mask)[:, -1]
+        return self._generate(logits)
+
+    def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None):
+        pv = None if pixel_values is None else pixel_values.to(self.device, self.model.dtype)
+        return self.model(ids, attention_mask=attention_mask, pixel_values=pv,
+                          image_grid_thw=None if grid is None else grid.to(self.device), cache=self.cache)
+
+    def _record(self, i, tokens, sampled, logprobs=None):
+        row = self.rows[i]
+        row.ids += tokens
+        row.sampled += [sampled] * len(tokens)
+        row.logprobs += logprobs if logprobs is not None else [0.0] * len(tokens)
+        self.pending[i] = [tokens[-1]]  # the reply's last token reaches the cache with the next chunk
+
+    def _generate(self, logits):
+        cfg, b, end = self.cfg, len(self.rows), self.tok.im_end_id
+        out = [[] for _ in range(b)]
+        lps = [[] for _ in range(b)]
+        active = torch.ones(b, dtype=torch.bool)
+        for n in range(cfg.max_new_tokens):
+            tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active)
+            for i in active.nonzero()[:, 0].tolist():
+                out[i].append(int(tokens[i]))
+                lps[i].append(float(logp[i]))
+            active &= tokens.cpu() != end
+            if not active.any() or n == cfg.max_new_tokens - 1:
+                break
+            # Rows that finished feed a masked pad so the batch stays rectangular; the mask hides it.
+            feed = torch.where(active.to(tokens.device), tokens, torch.zeros_like(tokens))[:, None]
+            logits = self._forward(feed, attention_mask=active[:, None].long().to(self.device))[:, -1]
+        replies = []
+        for i in range(b):
+            sampled = out[i]
+            self._record(i, sampled, True, lps[i])
+            if sampled[-1] != end:  # hit the cap: close the turn with a forced <|im_end|>
+                self._record(i, [end], False)
+                self.pending[i] = [sampled[-1], end]
+            text = self.tok.decode([t for t in sampled if t != end]).strip()
+            self.rows[i].turns.append((self.time, text))
+            replies.append(None if text == NO_REPLY else text)
+        return replies
+
+
+def load_checkpoint(path, dtype=torch.float32, device="cpu"):
+    """A checkpoint directory: the hub layout (config.json + safetensors) plus tokenizer.json."""
+    from .model import MMDuet2
+    from .tokenizer import Tokenizer
+    model = MMDuet2.from_pretrained(path, dtype=dtype).to(device).eval()
+    tok = Tokenizer.from_dir(path)
+    check_token_ids(model.config, tok)
+    return model, tok
+
+
+def check_token_ids(config, tok):
+    """Special-token ids live in both config.json and tokenizer.json; a drift silently ruins everything."""
+    pairs = {"image_token_id": tok.image_pad_id, "video_token_id": tok.video_pad_id,
+             "vision_start_token_id": tok.vision_start_id}
+    bad = [f"{k}={getattr(config, k)} but the tokenizer says {v}" for k, v in pairs.items() if getattr(config, k) != v]
+    if bad:
+        raise ValueError("config.json and tokenizer.json disagree on special tokens (" + "; ".join(bad)
+                         + "): use the tokenizer.json saved with this checkpoint.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Demo: python -m mmduet2.stream VIDEO --question "..." [--checkpoint DIR]
+
+def main(argv=None):
+    from .video import read_frames
+    p = argparse.ArgumentParser(description="Watch a video with MMDuet2 and print what it says, and when.")
+    p.add_argument("video", help="a video file PyAV can decode, or a folder of jpg/png frames (then --fps)")
+    p.add_argument("--question", required=True, help="the question, asked at time 0")
+    p.add_argument("--checkpoint", help="checkpoint directory (hub layout + tokenizer.json); random weights if absent")
+    p.add_argument("--fps", type=float, help="frame rate of a frame folder")
+    p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between sampled frames")
+    p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
+    p.add_argument("--realtime", action="store_true", help="pace the turns at the video's own speed")
+    p.add_argument("--annotation", help="ProactiveVideoQA JSON whose gold spans are drawn on the timeline")
+    p.add_argument("--question-id", help="which record of --annotation (default: the first)")
+    p.add_argument("--timeline", default="timeline.png", help="where to write the timeline PNG")
+    args = p.parse_args(argv)
+
+    if args.checkpoint:
+        model, tok = load_checkpoint(args.checkpoint)
+    else:
+        model, tok = random_toy_model(args.question)
+        print("No --checkpoint given: the weights are RANDOM, so the replies below are noise.", file=sys.stderr)
+    frames, _ = read_frames(args.video, args.frame_interval, fps=args.fps)
+    cfg = StreamConfig(frames_per_turn=args.frames_per_turn, frame_interval=args.frame_interval,
+                       max_new_tokens=args.max_new_tokens)
+    streamer = Streamer(model, tok, cfg)
+    start, replies = _time.time(), []
+    for k in range(0, len(frames), cfg.frames_per_turn):
+        reply = streamer.step(frames[k:k + cfg.frames_per_turn], args.question if k == 0 else None)[0]
+        if args.realtime:
+            _time.sleep(max(0.0, streamer.time - (_time.time() - start)))
+        if reply is not None:
+            replies.append({"time": streamer.time, "content": reply})
+            print(f"[{streamer.time:6.1f}s] {reply}", flush=True)
+    spans = []
+    if args.annotation:
+        from .data import load_proactive_records
+        records = load_proactive_records(args.annotation)
+        rec = next((r for r in records if args.question_id in (None, r["question_id"])), None)
+        if rec is None:
+            sys.exit(f"{args.annotation}: no record with question_id {args.question_id!r}.")
+        spans = [a["reply_timespan"] for a in rec["answer"]]
+    from .plot import draw_timeline
+    draw_timeline(args.timeline, streamer.time, replies, spans, title=args.question)
+    print(f"{len(replies)} replies in {streamer.time:.0f} s of video; timeline written to {args.timeline}")
+
+
+def random_toy_model(text):
+    from .config import preset
+    from .model import MMDuet2
+    from .tokenizer import train_toy_tokenizer
+    tok = train_toy_tokenizer([SYSTEM_PROMPT, text, NO_REPLY], vocab_size=512)
+    cfg = preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id,
+                 video_token_id=tok.video_pad_id, vision_start_token_id=tok.vision_start_id,
+                 vision_end_token_id=tok.vision_end_id)
+    torch.manual_seed(0)
+    return MMDuet2(cfg).eval(), tok
+
+
+if __name__ == "__main__":
+    main()

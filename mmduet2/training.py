@@ -1,0 +1,183 @@
+"""What train_sft.py and train_rl.py share: loading a split with its frames, batching rendered dialogues,
+per-token log-probs, the learning-rate schedule, and atomic checkpoints with exact resume.
+
+A checkpoint directory is the hub layout (config.json + model.safetensors) plus tokenizer.json, so eval.py,
+the demo and the reference implementation read it as they are; `trainer_state.pt` (optimizer, step, RNG
+states) and `train_config.json` sit beside it for resuming. A directory is written whole to a temporary
+sibling and renamed into place, so a crash mid-save never destroys the previous checkpoint.
+"""
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import build_turns, load_dialogues
+from .dialogue import Turn, render_dialogue
+from .processor import process_images
+from .tokenizer import DEFAULT_SYSTEM_PROMPT
+from .toy import CAPTION_QUESTION, caption as caption_text
+from .video import read_frames
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+class Split:
+    """Training dialogues of one JSONL file, with every video's frames decoded once and kept in memory."""
+
+    def __init__(self, path, frames_per_turn=2, frame_interval=None, max_pixels=128 * 28 * 28):
+        self.records = load_dialogues(path)
+        self.frames_per_turn, self.frame_interval, self.max_pixels = frames_per_turn, frame_interval, max_pixels
+        self._frames = {}
+
+    def __len__(self):
+        return len(self.records)
+
+    def interval(self, rec):
+        return self.frame_interval or rec.get("frame_interval", 1.0)
+
+    def frames(self, i):
+        if i not in self._frames:
+            rec = self.records[i]
+            self._frames[i] = read_frames(rec["video"], self.interval(rec), fps=rec.get("fps"))[0]
+        return self._frames[i]
+
+    def turns(self, i):
+        rec = self.records[i]
+        return build_turns(rec, frames_per_turn=self.frames_per_turn, frame_interval=self.interval(rec))
+
+    def pixels(self, frames):
+        return process_images(frames, max_pixels=self.max_pixels)
+
+    def sample(self, i, tok, caption=False, merge_size=2):
+        """The whole dialogue of record i as one training sample (the SFT view).
+
+        caption=True gives the offline caption dialogue of the same video instead: Qwen's default system
+        prompt, one question, and every turn answered with what its last frame shows (needs the record's
+        `objects` annotation, which ShapeWatch writes). The paper mixes such data into SFT; here it is what
+        teaches a from-scratch vision tower colours and shapes quickly."""
+        frames, specs = self.frames(i), self.turns(i)
+        used = [frames[k - 1] for s in specs for k in s.frame_indices]
+        pixel_values, grid = self.pixels(used)
+        tokens_per_frame = int(grid[0].prod()) // merge_size ** 2
+        if caption:
+            objects = self.records[i]["objects"]
+            turns = [Turn(s.time, len(s.frame_indices), CAPTION_QUESTION if k == 0 else None,
+                          caption_text(objects, s.time)) for k, s in enumerate(specs)]
+            ids, mask = render_dialogue(tok, turns, tokens_per_frame, system_prompt=DEFAULT_SYSTEM_PROMPT)
+            return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}
+        turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
+        ids, mask = render_dialogue(tok, turns, tokens_per_frame)
+        return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}
+
+
+def collate(samples, pad_id=0):
+    """Right-pad a list of samples into one batch; frames of all samples are concatenated in order."""
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), width), dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for b, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids[b, :n] = torch.as_tensor(s["input_ids"])
+        attn[b, :n] = 1
+        mask[b, :n] = torch.as_tensor(s["loss_mask"])
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask,
+            "pixel_values": torch.cat([s["pixel_values"] for s in samples]),
+            "image_grid_thw": torch.cat([s["image_grid_thw"] for s in samples])}
+
+
+def model_inputs(batch, device, dtype):
+    return dict(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                pixel_values=batch["pixel_values"].to(device, dtype), image_grid_thw=batch["image_grid_thw"].to(device))
+
+
+def sft_loss(logits, batch):
+    """Next-token cross-entropy on the positions the loss mask marks (assistant replies and their <|im_end|>)."""
+    target = batch["input_ids"][:, 1:].to(logits.device)
+    mask = batch["loss_mask"][:, 1:].to(logits.device)
+    loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")  # (B, T-1)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimisation
+
+def lr_at(step, base_lr, warmup, total, schedule="constant"):
+    """Linear warm-up, then constant or cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return base_lr
+
+
+def autocast(device):
+    """bf16 autocast on a GPU, plain float32 on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
+    """Write model (hub layout), tokenizer, optimizer, step and RNG state to out_dir, atomically."""
+    out_dir = os.path.abspath(out_dir)
+    tmp, old = out_dir + ".tmp", out_dir + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(), "extra": extra or {}},
+               os.path.join(tmp, "trainer_state.pt"))
+    with open(os.path.join(tmp, "train_config.json"), "w") as f:
+        json.dump(config if isinstance(config, dict) else asdict(config), f, indent=2)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_trainer_state(ckpt_dir, optimizer):
+    """Restore optimizer and RNG state; returns (step, extra)."""
+    path = os.path.join(ckpt_dir, "trainer_state.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --resume needs a checkpoint written by this script.")
+    state = torch.load(path, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state["step"], state["extra"]

@@ -1,0 +1,163 @@
+"""The streaming engine against ground truth: one forward over the whole dialogue, and single-row runs."""
+import numpy as np
+import pytest
+import torch
+
+from mmduet2.config import preset
+from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
+from mmduet2.grpo import token_logprobs
+from mmduet2.model import MMDuet2
+from mmduet2.processor import process_images
+from mmduet2.stream import StreamConfig, Streamer, check_token_ids, main
+from mmduet2.tokenizer import train_toy_tokenizer
+
+QUESTION = "Tell me every time a red shape appears."
+
+
+class EndBiased(MMDuet2):
+    """A random model that says <|im_end|> often, so rows of a group end their replies at different lengths."""
+    end_id = None
+
+    def forward(self, *args, **kwargs):
+        logits = super().forward(*args, **kwargs)
+        logits[..., self.end_id] += 2.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = train_toy_tokenizer([SYSTEM_PROMPT, QUESTION, NO_REPLY, "A red circle appeared."], vocab_size=400)
+    cfg = preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
+                 vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id)
+    torch.manual_seed(0)
+    EndBiased.end_id = tok.im_end_id
+    model = EndBiased(cfg).eval()
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (56, 84, 3), dtype=np.uint8) for _ in range(8)]
+    return model, tok, frames
+
+
+def play(model, tok, frames, seed, group=None, context_turns=0, cfg=None):
+    cfg = cfg or StreamConfig(max_new_tokens=5, temperature=1.0, top_k=20)
+    s = Streamer(model, tok, cfg, seed=seed)
+    for k in range(0, len(frames), 2):
+        turn = k // 2
+        text = QUESTION if turn == 0 else None
+        if turn < context_turns:
+            s.step(frames[k:k + 2], text, reply="A red circle appeared." if turn == 0 else NO_REPLY)
+            continue
+        if group and turn == context_turns:
+            s.expand(group)
+        s.step(frames[k:k + 2], text)
+    return s
+
+
+def full_forward_logprobs(model, row, streamer, temperature):
+    ids = torch.tensor([row.ids])
+    with torch.no_grad():
+        logits = model(ids, pixel_values=torch.cat(streamer.pixel_values), image_grid_thw=torch.cat(streamer.grids))
+    return token_logprobs(logits, ids, temperature)[0]
+
+
+def test_forced_stream_is_the_rendered_dialogue(setup):
+    model, tok, frames = setup
+    replies = ["A red circle appeared.", NO_REPLY, NO_REPLY, "A red square appeared."]
+    s = Streamer(model, tok, StreamConfig())
+    for k in range(4):
+        s.step(frames[2 * k:2 * k + 2], QUESTION if k == 0 else None, reply=replies[k])
+    row = s.rows[0]
+    tpf = int(s.grids[0][0].prod()) // 4
+    turns = [Turn(2.0 * (k + 1), 2, QUESTION if k == 0 else None, r) for k, r in enumerate(replies)]
+    ids, mask = render_dialogue(tok, turns, tpf)
+    assert row.ids == ids.tolist()
+    assert not any(row.sampled) and mask.sum() > 0
+    assert row.turns == [(2.0 * (k + 1), r) for k, r in enumerate(replies)]
+
+
+def test_stream_equals_full_forward(setup):
+    model, tok, frames = setup
+    s = play(model, tok, frames, seed=1)
+    row = s.rows[0]
+    assert [t for t, _ in row.turns] == [2.0, 4.0, 6.0, 8.0]
+    # Sampled tokens sit exactly between each "<|im_start|>assistant\n" and the <|im_end|> that closes it.
+    header = tok.encode("<|im_start|>assistant\n")
+    for k in range(len(row.ids)):
+        if row.ids[k - len(header):k] == header:
+            end = row.ids.index(tok.im_end_id, k)
+            capped = end - k == 5  # a reply that hit the cap is closed by a forced <|im_end|>
+            assert all(row.sampled[k:end + (0 if capped else 1)])
+            assert not row.sampled[k - 1] and (end + 1 == len(row.ids) or not row.sampled[end + 1])
+    # Every sampled token's log-prob from the cached stream equals the one from a single full forward.
+    full = full_forward_logprobs(model, row, s, 1.0)
+    sampled = torch.tensor(row.sampled)
+    assert sampled.sum() >= 4
+    torch.testing.assert_close(full[sampled], torch.tensor(row.logprobs)[sampled], atol=1e-4, rtol=0)
+
+
+def test_group_rows_equal_single_runs(setup):
+    model, tok, frames = setup
+    group = play(model, tok, frames, seed=10, group=4, context_turns=1)
+    lengths = set()
+    for i, row in enumerate(group.rows):
+        # a single run seeded like row i draws from a generator in the same state, so it samples the same
+        single = play(model, tok, frames, seed=10 + i, context_turns=1).rows[0]
+        assert row.ids == single.ids and row.sampled == single.sampled
+        np.testing.assert_allclose(row.logprobs, single.logprobs, atol=1e-4)
+        lengths.add(len(row.ids))
+    assert len(lengths) > 1, "rows should end their replies at different lengths in this test"
+    # each row of the group also matches a full forward over its own sequence
+    row = group.rows[2]
+    full = full_forward_logprobs(model, row, group, 1.0)
+    sampled = torch.tensor(row.sampled)
+    torch.testing.assert_close(full[sampled], torch.tensor(row.logprobs)[sampled], atol=1e-4, rtol=0)
+
+
+def test_context_replies_are_forced_not_sampled(setup):
+    model, tok, frames = setup
+    s = play(model, tok, frames, seed=3, context_turns=2)
+    row = s.rows[0]
+    assert row.turns[0] == (2.0, "A red circle appeared.") and row.turns[1] == (4.0, NO_REPLY)
+    end_of_context = [i for i, t in enumerate(row.ids) if t == tok.im_end_id][4]  # system, user, asst, user, asst
+    assert not any(row.sampled[: end_of_context + 1])
+    assert any(row.sampled[end_of_context + 1:])
+
+
+def test_greedy_decode_uses_cache_one_token_at_a_time(setup):
+    model, tok, frames = setup
+    calls = []
+    orig = model.forward
+
+    def spy(ids, **kw):
+        calls.append(ids.shape[1])
+        return orig(ids, **kw)
+    model.forward = spy
+    try:
+        s = Streamer(model, tok, StreamConfig(max_new_tokens=4))
+        s.step(frames[:2], QUESTION)
+        s.step(frames[2:4])
+    finally:
+        del model.forward
+    chunk_calls = [n for n in calls if n > 1]
+    assert len(chunk_calls) == 2  # one multi-token chunk per turn, the rest are single decoded tokens
+    assert all(n == 1 for n in calls if n <= 1)
+
+
+def test_token_id_drift_is_caught(setup):
+    model, tok, _ = setup
+    cfg = preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.im_start_id,
+                 video_token_id=tok.video_pad_id, vision_start_token_id=tok.vision_start_id,
+                 vision_end_token_id=tok.vision_end_id)
+    with pytest.raises(ValueError, match="image_token_id"):
+        check_token_ids(cfg, tok)
+
+
+def test_demo_with_random_weights(tmp_path, capsys):
+    from mmduet2.video import write_video
+    frames = [np.full((56, 56, 3), 20 * k, dtype=np.uint8) for k in range(12)]
+    write_video(str(tmp_path / "v.mp4"), frames, fps=2)
+    main([str(tmp_path / "v.mp4"), "--question", QUESTION, "--max-new-tokens", "3",
+          "--timeline", str(tmp_path / "t.png")])
+    captured = capsys.readouterr()
+    assert "RANDOM" in captured.err
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert "6 s of video" in captured.out

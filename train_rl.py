@@ -1,0 +1,291 @@
+"""Multi-turn GRPO from the SFT model (METHOD.md section 3, "RL").
+
+One step: take `prompts_per_step` dialogues; for each, pick an episode window of the video, feed the turns
+before it as context with their ground-truth replies, prefill that context once and expand the cache to a
+group of G rows, and let every row play every turn of the window (sampling at temperature 1.2, top-k 10).
+Each trajectory gets one scalar reward from mmduet2/rewards.py; group-normalised advantages go on every
+token the policy sampled (replies, `NO REPLY` and their <|im_end|>), and one PPO-clip update follows.
+
+With no arguments this is the second step of the toy experiment: RL from runs/toy/sft into runs/toy/rl on
+CPU with the rule judge. Departures from the paper, all for the toy's sake and all flags: a higher learning
+rate (the toy model is tiny and trained briefly), episodes are the whole (short) toy video, and replies are
+capped at 24 tokens since toy answers are short.
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mmduet2 import grpo
+from mmduet2.data import load_proactive_records
+from mmduet2.dialogue import NO_REPLY
+from mmduet2.evaluate import predict_records, score
+from mmduet2.judges import LLMJudge, RuleJudge, rule_repetition_judge
+from mmduet2.lora import apply_lora, merge_lora
+from mmduet2.model import MMDuet2
+from mmduet2.plot import draw_curves
+from mmduet2.rewards import RewardConfig, proactive_reward
+from mmduet2.stream import StreamConfig, Streamer, check_token_ids
+from mmduet2.tokenizer import Tokenizer
+from mmduet2.training import (Split, autocast, collate, load_trainer_state, model_inputs, pick_device,
+                              save_checkpoint, seed_everything)
+
+
+@dataclass
+class RLConfig:
+    sft: str = "runs/toy/sft"          # the policy to start from (hub layout + tokenizer.json)
+    data: str = "data/toy"
+    out: str = "runs/toy/rl"
+    steps: int = 60
+    prompts_per_step: int = 8
+    group_size: int = 4
+    lr: float = 2e-4                   # the paper uses 1e-6 on the 3B model
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    micro_batch: int = 16              # trajectories per forward/backward in the update
+    temperature: float = 1.2
+    top_k: int = 10
+    max_new_tokens: int = 24           # the paper: 100
+    episode_min: float = 20.0          # seconds of video the policy plays (shorter videos: all of it)
+    episode_max: float = 60.0
+    frames_per_turn: int = 2
+    frame_interval: float = 1.0
+    # GRPO switches (paper defaults; see mmduet2/grpo.py)
+    normalize_std: bool = True
+    skip_constant_groups: bool = False
+    clip_eps: float = 0.2
+    dual_clip: float = 3.0
+    kl_coef: float = 0.0
+    loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
+    # reward weights (mmduet2/rewards.py holds the terms)
+    w_pauc: float = 3.0
+    w_rep: float = 2.0
+    w_out: float = 0.5
+    w_pfx: float = 2.0
+    out_mode: str = "turns"            # turns (released code) | replies (paper wording)
+    judge: str = "rule"                # rule | llm
+    judge_url: str = ""
+    judge_model: str = ""
+    lora_rank: int = 0                 # 0 = full fine-tuning
+    lora_alpha: float = 32.0
+    grad_checkpointing: bool = False
+    eval_every: int = 20
+    eval_examples: int = 40
+    save_every: int = 20
+    sample_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name, value in asdict(RLConfig()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    args = p.parse_args()
+    resume = args.resume
+    del args.resume
+    return RLConfig(**vars(args)), resume
+
+
+def episode_window(specs, rng, cfg):
+    """Split the turns into (context, played): the played window covers episode_min..episode_max seconds."""
+    length = rng.uniform(cfg.episode_min, cfg.episode_max)
+    if specs[-1].time <= length:
+        return [], specs
+    start = rng.uniform(0, specs[-1].time - length)
+    ctx = [s for s in specs if s.time <= start]
+    return ctx, [s for s in specs if start < s.time <= start + length]
+
+
+def rollout_group(model, tok, split, i, rng, cfg, reward_fn):
+    """G trajectories of one dialogue sharing one prefilled context; returns a list of grpo.Episode."""
+    rec, frames, specs = split.records[i], split.frames(i), split.turns(i)
+    ctx, play = episode_window(specs, rng, cfg)
+    stream_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, cfg.temperature,
+                              cfg.top_k, max_pixels=split.max_pixels)
+    streamer = Streamer(model, tok, stream_cfg, seed=int(rng.integers(1 << 31)))
+    for s in ctx:
+        streamer.step([frames[k - 1] for k in s.frame_indices], s.user_text, reply=s.reply)
+    streamer.expand(cfg.group_size)
+    for s in play:
+        streamer.step([frames[k - 1] for k in s.frame_indices], s.user_text)
+    first, last = play[0].time - cfg.frame_interval * cfg.frames_per_turn, play[-1].time
+    answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
+                "question": rec["questions"][a["question"]]["text"]}
+               for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
+    context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
+    pixel_values, grids = torch.cat(streamer.pixel_values), torch.cat(streamer.grids)
+    episodes = []
+    for g, row in enumerate(streamer.rows):
+        turns = row.turns[len(ctx):]
+        total, comps = reward_fn(turns, answers, context_replies)
+        episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
+                                     turns=turns, reward=total, components=comps, pixel_values=pixel_values,
+                                     image_grid_thw=grids, answers=answers))
+    return episodes
+
+
+def reply_delay(ep):
+    """Seconds from each gold span's start to the first reply inside it (spans with a reply only)."""
+    out = []
+    for a in ep.answers:
+        s, e = a["reply_timespan"]
+        times = [t for t, text in ep.turns if text != NO_REPLY and s <= t <= e]
+        if times:
+            out.append(min(times) - s)
+    return out
+
+
+def main():
+    # ---- setup ------------------------------------------------------------------------------------------
+    cfg, resume = parse_args()
+    print(json.dumps(asdict(cfg), indent=2))
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    gcfg = grpo.GRPOConfig(normalize_std=cfg.normalize_std, skip_constant_groups=cfg.skip_constant_groups,
+                           clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef,
+                           loss_agg=cfg.loss_agg, temperature=cfg.temperature, group_size=cfg.group_size)
+    rcfg = RewardConfig(w_pauc=cfg.w_pauc, w_rep=cfg.w_rep, w_out=cfg.w_out, w_pfx=cfg.w_pfx, out_mode=cfg.out_mode)
+    if cfg.judge == "llm":
+        llm = LLMJudge(cfg.judge_url, cfg.judge_model)
+        sim_judge, rep_judge, bench_judge = llm.reward_score, llm.is_repetition, llm.benchmark_score
+    else:
+        sim_judge, rep_judge, bench_judge = RuleJudge(max_score=4), rule_repetition_judge, RuleJudge(max_score=2)
+
+    def reward_fn(turns, answers, context_replies):
+        return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg)
+
+    # ---- data -------------------------------------------------------------------------------------------
+    train = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
+    val_records = load_proactive_records(os.path.join(cfg.data, "val_proactive.json"))[:cfg.eval_examples]
+
+    # ---- model ------------------------------------------------------------------------------------------
+    src = cfg.out if resume else cfg.sft
+    if not os.path.exists(os.path.join(src, "config.json")):
+        sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
+    model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
+    check_token_ids(model.config, tok)
+    if cfg.lora_rank:
+        apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+    model.model.gradient_checkpointing = cfg.grad_checkpointing
+    ref = None
+    if cfg.kl_coef > 0:  # a frozen copy of the starting policy, only when the KL switch is on
+        ref = MMDuet2.from_pretrained(src).to(device).eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history = 0, {"reward": [], "val_pauc": []}
+    if resume:
+        step, history = load_trainer_state(cfg.out, optimizer)
+    eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
+    video_root = cfg.data
+
+    def validate():
+        model.eval()
+        preds, _ = predict_records(model, tok, val_records, video_root, eval_cfg, log=None)
+        return score(val_records, preds, bench_judge)
+
+    def save():
+        # With LoRA the saved checkpoint is a merged, plain hub-layout copy; training goes on unmerged.
+        # (Resuming a LoRA run therefore restarts the adapters from the merged weights.)
+        to_save = merge_lora(copy.deepcopy(model)) if cfg.lora_rank else model
+        save_checkpoint(cfg.out, to_save, tok, optimizer, step, asdict(cfg), extra=history)
+
+    if not resume:
+        m = validate()
+        history["val_pauc"].append((0, m["pauc"]))
+        print(f"step 0 val PAUC {m['pauc']:.1f}  reply turns {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
+
+    # ---- loop -------------------------------------------------------------------------------------------
+    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_log.jsonl"), "a")
+    t0 = time.time()
+    while step < cfg.steps:
+        ts = time.time()
+        rng = np.random.default_rng([cfg.seed, step])  # the step's prompts and samples depend on (seed, step)
+        # rollout
+        model.eval()
+        prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
+        episodes = [ep for i in prompts for ep in rollout_group(model, tok, train, int(i), rng, cfg, reward_fn)]
+        t_roll = time.time() - ts
+        # rewards -> advantages
+        rewards = torch.tensor([ep.reward for ep in episodes])
+        adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
+        keep = torch.ones(len(episodes), dtype=torch.bool)
+        if cfg.skip_constant_groups:
+            keep = ~grpo.constant_group_mask(rewards, cfg.group_size)
+        # update
+        model.train()
+        idx = keep.nonzero()[:, 0].tolist()
+        n_tokens = sum(sum(episodes[i].sampled_mask) for i in idx)
+        stats_sum, n_seen = {}, 0
+        for k in range(0, len(idx), cfg.micro_batch):
+            part = idx[k:k + cfg.micro_batch]
+            batch = collate([{"input_ids": episodes[i].input_ids, "loss_mask": episodes[i].sampled_mask,
+                              "pixel_values": episodes[i].pixel_values,
+                              "image_grid_thw": episodes[i].image_grid_thw} for i in part])
+            inputs = model_inputs(batch, device, model.dtype)
+            mask = batch["loss_mask"].to(device)
+            with autocast(device):
+                logp = grpo.token_logprobs(model(**inputs), inputs["input_ids"], cfg.temperature)
+                ref_logp = None
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_logp = grpo.token_logprobs(ref(**inputs), inputs["input_ids"], cfg.temperature)
+            # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
+            loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
+            # Each micro-batch's share of the batch-level aggregate.
+            weight = mask.sum().item() / n_tokens if cfg.loss_agg == "token_mean" else len(part) / len(idx)
+            (loss * weight).backward()
+            for key, v in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + float(v) * len(part)
+            n_seen += len(part)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item() if idx else 0.0
+        if idx:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        # log
+        played = [t for ep in episodes for t in ep.turns]
+        delays = [d for ep in episodes for d in reply_delay(ep)]
+        entry = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+                 **{k: float(np.mean([ep.components[k] for ep in episodes])) for k in episodes[0].components},
+                 "adv_abs_mean": adv.abs().mean().item(), "groups_kept": len(idx) / len(episodes),
+                 "reply_rate": sum(t[1] != NO_REPLY for t in played) / max(1, len(played)),
+                 "reply_delay": float(np.mean(delays)) if delays else None, "grad_norm": grad_norm,
+                 "tokens_per_s": sum(len(ep.input_ids) for ep in episodes) / (time.time() - ts),
+                 "rollout_s": t_roll, "step_s": time.time() - ts,
+                 **{k: v / max(1, n_seen) for k, v in stats_sum.items()}}
+        history["reward"].append((step, entry["reward"]))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            m = validate()
+            entry["val_pauc"] = m["pauc"]
+            history["val_pauc"].append((step, m["pauc"]))
+        print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
+                       if k in ("step", "reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "reply_delay",
+                                "grad_norm", "step_s", "val_pauc")), flush=True)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        if step % cfg.sample_every == 0:
+            ep = episodes[0]
+            spans = [a["reply_timespan"] for a in ep.answers]
+            print(f"  sample {ep.prompt_id} (reward {ep.reward:.2f}, gold spans {spans}): "
+                  + " | ".join(f"{t:g}s {text}" for t, text in ep.turns if text != NO_REPLY))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save()
+            draw_curves(os.path.join(cfg.out, "curves.png"),
+                        {"reward": history["reward"], "val PAUC": history["val_pauc"]}, title="GRPO on ShapeWatch")
+    print(f"RL done in {time.time() - t0:.0f} s; checkpoint in {cfg.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

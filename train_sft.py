@@ -1,0 +1,174 @@
+"""Supervised fine-tuning on proactive dialogues (METHOD.md section 3, "SFT").
+
+Every assistant turn is trained, `NO REPLY` included; system, user, frame and template tokens never are.
+Replies sit at the END of their reply spans in the data (the paper's placement), so the SFT model learns to
+speak late; RL is what moves it earlier.
+
+With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing,
+trains a toy model from scratch on CPU in a few minutes and writes runs/toy/sft. With --init it starts from a
+hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json) instead.
+Departure: the paper mixes in offline video QA and captions to keep general ability; the toy does not need it.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mmduet2.config import preset
+from mmduet2.data import load_dialogues
+from mmduet2.dialogue import SYSTEM_PROMPT
+from mmduet2.model import MMDuet2
+from mmduet2.stream import check_token_ids
+from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
+from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
+from mmduet2.training import (Split, autocast, collate, load_trainer_state, lr_at, model_inputs, pick_device,
+                              save_checkpoint, seed_everything, sft_loss)
+
+
+@dataclass
+class SFTConfig:
+    data: str = "data/toy"            # folder with train.jsonl and val.jsonl
+    out: str = "runs/toy/sft"
+    init: str = ""                    # hub-layout checkpoint to start from; empty = fresh model of --preset
+    preset: str = "toy"
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 30
+    schedule: str = "cosine"          # constant | cosine
+    grad_clip: float = 1.0
+    freeze_vision: bool = False
+    caption_mix: float = 0.5          # share of each batch that is caption dialogues (records with `objects`)
+    frames_per_turn: int = 2
+    frame_interval: float = 2.0       # seconds per frame in training, as the paper (inference: 1 s)
+    max_pixels: int = 128 * 28 * 28
+    eval_every: int = 100
+    save_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name, value in asdict(SFTConfig()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action="store_true", help=f"(default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    args = p.parse_args()
+    resume = args.resume
+    del args.resume
+    return SFTConfig(**vars(args)), resume
+
+
+def main():
+    # ---- setup ------------------------------------------------------------------------------------------
+    cfg, resume = parse_args()
+    print(json.dumps(asdict(cfg), indent=2))
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    if cfg.data == SFTConfig.data:
+        ensure_toy_data(cfg.data)
+
+    # ---- data and tokenizer -----------------------------------------------------------------------------
+    train_path, val_path = os.path.join(cfg.data, "train.jsonl"), os.path.join(cfg.data, "val.jsonl")
+    train = Split(train_path, cfg.frames_per_turn, cfg.frame_interval, cfg.max_pixels)
+    val = Split(val_path, cfg.frames_per_turn, cfg.frame_interval, cfg.max_pixels)
+    if resume:
+        tok = Tokenizer.from_dir(cfg.out)
+    elif cfg.init:
+        tok = Tokenizer.from_dir(cfg.init)
+    else:
+        # The corpus as the model will see it (system prompt once per dialogue, NO REPLY once per silent turn),
+        # so BPE spends its merges where the tokens are: shorter sequences, faster training.
+        texts = []
+        for i, r in enumerate(train.records):
+            texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
+            if "objects" in r:
+                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
+        tok = train_toy_tokenizer(texts, vocab_size=512)
+
+    # ---- model ------------------------------------------------------------------------------------------
+    if resume or cfg.init:
+        model = MMDuet2.from_pretrained(cfg.out if resume else cfg.init)
+    else:
+        model = MMDuet2(preset(cfg.preset, vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id,
+                               video_token_id=tok.video_pad_id, vision_start_token_id=tok.vision_start_id,
+                               vision_end_token_id=tok.vision_end_id))
+    check_token_ids(model.config, tok)
+    model.to(device).train()
+    if cfg.freeze_vision:
+        model.visual.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"model: {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters on {device}")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    step = 0
+    if resume:
+        step, _ = load_trainer_state(cfg.out, optimizer)
+        print(f"resumed at step {step}")
+
+    can_caption = all("objects" in r for r in train.records)
+    if cfg.caption_mix and not can_caption:
+        print("--caption-mix ignored: the training records carry no `objects` annotation")
+
+    def batch_at(split, k, n):
+        # The batch of step k depends only on (seed, k), so a resumed run sees exactly the same data.
+        rng = np.random.default_rng([cfg.seed, k])
+        idx = rng.choice(len(split), size=n, replace=len(split) < n)
+        captions = rng.random(n) < (cfg.caption_mix if can_caption else 0.0)
+        return collate([split.sample(int(i), tok, caption=bool(c)) for i, c in zip(idx, captions)])
+
+    @torch.no_grad()
+    def val_loss():
+        model.eval()
+        losses = []
+        for k in range(0, len(val), cfg.batch_size):
+            batch = collate([val.sample(i, tok) for i in range(k, min(k + cfg.batch_size, len(val)))])
+            with autocast(device):
+                losses.append(sft_loss(model(**model_inputs(batch, device, model.dtype)), batch).item())
+        model.train()
+        return sum(losses) / len(losses)
+
+    # ---- loop -------------------------------------------------------------------------------------------
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "sft_log.jsonl"), "a")
+    t0 = time.time()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = batch_at(train, step * cfg.grad_accum + micro, cfg.batch_size)
+            with autocast(device):
+                loss = sft_loss(model(**model_inputs(batch, device, model.dtype)), batch) / cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        entry = {"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm, "time": time.time() - t0}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            entry["val_loss"] = val_loss()
+        if step % 10 == 0 or "val_loss" in entry:
+            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()),
+                  flush=True)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(cfg.out, model, tok, optimizer, step, asdict(cfg))
+    print(f"SFT done in {time.time() - t0:.0f} s; checkpoint in {cfg.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
