@@ -32,7 +32,7 @@ def parse_args():
     p.add_argument("--video-root", default="data/toy", help="folder the records' video paths are relative to")
     p.add_argument("--pred", help="score this predictions JSONL instead of running a model")
     p.add_argument("--out", default="runs/toy/eval", help="output folder (one subfolder per checkpoint)")
-    p.add_argument("--judge", choices=["rule", "llm"], help="default: rule for the toy, llm otherwise")
+    p.add_argument("--judge", choices=["rule", "llm"], help="default: rule for ShapeWatch records, llm otherwise")
     p.add_argument("--judge-url", default="", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--judge-model", default="", help="model name the endpoint serves")
     p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between frames (paper: 1 s)")
@@ -50,7 +50,8 @@ def main():
     if toy and not os.path.exists(args.gold):
         sys.exit("data/toy is missing: run `python train_sft.py` first (it generates the toy data).")
     records = load_proactive_records(args.gold)[:args.limit or None]
-    judge_kind = args.judge or ("rule" if toy else "llm")
+    shapewatch = all(r.get("task") == "shapewatch" for r in records)  # the rule judge reads its vocabulary
+    judge_kind = args.judge or ("rule" if shapewatch else "llm")
     if judge_kind == "llm":
         if not (args.judge_url and args.judge_model):
             sys.exit("The LLM judge needs --judge-url and --judge-model (or pass --judge rule for ShapeWatch).")

@@ -45,7 +45,7 @@ class RLConfig:
     steps: int = 60
     prompts_per_step: int = 8
     group_size: int = 4
-    lr: float = 2e-4                   # the paper uses 1e-6 on the 3B model
+    lr: float = 1e-4                   # the paper uses 1e-6 on the 3B model
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     micro_batch: int = 16              # trajectories per forward/backward in the update
@@ -75,7 +75,7 @@ class RLConfig:
     lora_rank: int = 0                 # 0 = full fine-tuning
     lora_alpha: float = 32.0
     grad_checkpointing: bool = False
-    eval_every: int = 20
+    eval_every: int = 10
     eval_examples: int = 40
     save_every: int = 20
     sample_every: int = 10
@@ -171,7 +171,11 @@ def main():
     val_records = load_proactive_records(os.path.join(cfg.data, "val_proactive.json"))[:cfg.eval_examples]
 
     # ---- model ------------------------------------------------------------------------------------------
-    src = cfg.out if resume else cfg.sft
+    # cfg.out holds the policy with the best val PAUC so far (what eval.py reads); cfg.out + "_last" holds the
+    # latest step with its optimizer state, for --resume. Small on-policy runs can drift into silence late, so
+    # the model is selected on the val split, never on test.
+    last_dir = cfg.out.rstrip("/") + "_last"
+    src = last_dir if resume else cfg.sft
     if not os.path.exists(os.path.join(src, "config.json")):
         sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
     model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
@@ -184,7 +188,7 @@ def main():
         ref = MMDuet2.from_pretrained(src).to(device).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history = 0, {"reward": [], "val_pauc": []}
+    step, history = 0, {"reward": [], "val_pauc": [], "best": (0, -1.0)}
     if resume:
         step, history = load_trainer_state(cfg.out, optimizer)
     eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
@@ -195,15 +199,22 @@ def main():
         preds, _ = predict_records(model, tok, val_records, video_root, eval_cfg, log=None)
         return score(val_records, preds, bench_judge)
 
-    def save():
+    def save(path):
         # With LoRA the saved checkpoint is a merged, plain hub-layout copy; training goes on unmerged.
         # (Resuming a LoRA run therefore restarts the adapters from the merged weights.)
         to_save = merge_lora(copy.deepcopy(model)) if cfg.lora_rank else model
-        save_checkpoint(cfg.out, to_save, tok, optimizer, step, asdict(cfg), extra=history)
+        save_checkpoint(path, to_save, tok, optimizer, step, asdict(cfg), extra=history)
+
+    def validate_and_keep_best():
+        m = validate()
+        history["val_pauc"].append((step, m["pauc"]))
+        if m["pauc"] > history["best"][1]:
+            history["best"] = (step, m["pauc"])
+            save(cfg.out)
+        return m
 
     if not resume:
-        m = validate()
-        history["val_pauc"].append((0, m["pauc"]))
+        m = validate_and_keep_best()
         print(f"step 0 val PAUC {m['pauc']:.1f}  reply turns {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
 
     # ---- loop -------------------------------------------------------------------------------------------
@@ -267,9 +278,7 @@ def main():
                  **{k: v / max(1, n_seen) for k, v in stats_sum.items()}}
         history["reward"].append((step, entry["reward"]))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            m = validate()
-            entry["val_pauc"] = m["pauc"]
-            history["val_pauc"].append((step, m["pauc"]))
+            entry["val_pauc"] = validate_and_keep_best()["pauc"]
         print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
                        if k in ("step", "reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "reply_delay",
                                 "grad_norm", "step_s", "val_pauc")), flush=True)
@@ -281,10 +290,12 @@ def main():
             print(f"  sample {ep.prompt_id} (reward {ep.reward:.2f}, gold spans {spans}): "
                   + " | ".join(f"{t:g}s {text}" for t, text in ep.turns if text != NO_REPLY))
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save()
-            draw_curves(os.path.join(cfg.out, "curves.png"),
+            save(last_dir)
+            draw_curves(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_curves.png"),
                         {"reward": history["reward"], "val PAUC": history["val_pauc"]}, title="GRPO on ShapeWatch")
-    print(f"RL done in {time.time() - t0:.0f} s; checkpoint in {cfg.out}")
+    best_step, best = history["best"]
+    print(f"RL done in {time.time() - t0:.0f} s; best val PAUC {best:.1f} at step {best_step} is in {cfg.out}, "
+          f"the last step in {last_dir}")
 
 
 if __name__ == "__main__":

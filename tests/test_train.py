@@ -69,7 +69,8 @@ def test_toy_chain_smoke(data, tmp_path):
               "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "2", "--eval-examples", "2",
               "--max-new-tokens", "6", "--sample-every", "1")
     assert "step 2" in log and "val_pauc" in log
-    assert (rl / "config.json").exists() and (rl / "tokenizer.json").exists() and (rl / "curves.png").exists()
+    assert (rl / "config.json").exists() and (rl / "tokenizer.json").exists() and (tmp_path / "rl_curves.png").exists()
+    assert (tmp_path / "rl_last" / "trainer_state.pt").exists()
     entries = [json.loads(line) for line in open(tmp_path / "rl_log.jsonl")]
     assert {"reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "grad_norm"} <= set(entries[-1])
     table = run("eval.py", "--checkpoint", f"sft={sft}", "--checkpoint", f"rl={rl}", "--gold",
@@ -80,3 +81,11 @@ def test_toy_chain_smoke(data, tmp_path):
         metrics = json.load(open(out / name / "metrics.json"))
         assert 0 <= metrics["pauc"] <= 100 and metrics["n"] == 2
         assert len(open(out / name / "predictions.jsonl").readlines()) == 2
+    # an interrupted run resumes: only the missing example is predicted again, the kept line is untouched
+    pred = out / "rl" / "predictions.jsonl"
+    first, second = open(pred).readlines()
+    pred.write_text(first)
+    run("eval.py", "--checkpoint", str(rl), "--gold", os.path.join(data, "test_proactive.json"),
+        "--video-root", data, "--out", str(out), "--max-new-tokens", "6", "--timelines", "0")
+    lines = open(pred).readlines()
+    assert lines[0] == first and len(lines) == 2 and json.loads(lines[1]) == json.loads(second)
