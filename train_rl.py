@@ -11,7 +11,6 @@ CPU with the rule judge. Departures from the paper, all for the toy's sake and a
 rate (the toy model is tiny and trained briefly), episodes are the whole (short) toy video, and replies are
 capped at 24 tokens since toy answers are short.
 """
-import argparse
 import copy
 import json
 import os
@@ -33,24 +32,24 @@ from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids
 from mmduet2.tokenizer import Tokenizer
-from mmduet2.training import (Split, autocast, collate, load_trainer_state, model_inputs, pick_device,
-                              save_checkpoint, seed_everything)
+from mmduet2.training import (Split, autocast, collate, load_trainer_state, model_inputs, parse_config,
+                              pick_device, save_checkpoint, seed_everything)
 
 
 @dataclass
 class RLConfig:
     sft: str = "runs/toy/sft"          # the policy to start from (hub layout + tokenizer.json)
-    data: str = "data/toy"
-    out: str = "runs/toy/rl"
-    steps: int = 60
-    prompts_per_step: int = 8
-    group_size: int = 4
+    data: str = "data/toy"             # folder with train.jsonl and val_proactive.json
+    out: str = "runs/toy/rl"           # the best-val policy; the latest step goes to OUT_last
+    steps: int = 60                    # GRPO steps (the paper: about 500)
+    prompts_per_step: int = 8          # dialogues per step, each rolled out group_size times
+    group_size: int = 4                # rollouts per prompt (G)
     lr: float = 1e-4                   # the paper uses 1e-6 on the 3B model
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     micro_batch: int = 16              # trajectories per forward/backward in the update
-    temperature: float = 1.2
-    top_k: int = 10
+    temperature: float = 1.2           # sampling temperature; log-probs use it too
+    top_k: int = 10                    # sampling top-k
     max_new_tokens: int = 24           # the paper: 100
     episode_min: float = 20.0          # seconds of video the policy plays (shorter videos: all of it)
     episode_max: float = 60.0
@@ -64,38 +63,24 @@ class RLConfig:
     kl_coef: float = 0.0
     loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
     # reward weights (mmduet2/rewards.py holds the terms)
-    w_pauc: float = 3.0
-    w_rep: float = 2.0
-    w_out: float = 0.5
-    w_pfx: float = 2.0
+    w_pauc: float = 3.0                # weight of r_pauc, answer quality integrated over time
+    w_rep: float = 2.0                 # weight of r_rep, the repetition penalty
+    w_out: float = 0.5                 # weight of r_out, speaking outside every gold span
+    w_pfx: float = 2.0                 # weight of r_pfx, replies sharing a 50-character prefix
     out_mode: str = "turns"            # turns (released code) | replies (paper wording)
     judge: str = "rule"                # rule | llm
-    judge_url: str = ""
-    judge_model: str = ""
+    judge_url: str = ""                # OpenAI-compatible base URL for --judge llm
+    judge_model: str = ""              # model name served there
     lora_rank: int = 0                 # 0 = full fine-tuning
-    lora_alpha: float = 32.0
-    grad_checkpointing: bool = False
-    eval_every: int = 10
-    eval_examples: int = 40
-    save_every: int = 20
-    sample_every: int = 10
+    lora_alpha: float = 32.0           # LoRA scale is alpha / rank
+    grad_checkpointing: bool = False   # recompute decoder layers in backward to save memory
+    eval_every: int = 10               # steps between val PAUC runs (the best is kept)
+    eval_examples: int = 40            # val questions per PAUC run
+    save_every: int = 20               # steps between resumable checkpoints (OUT_last)
+    sample_every: int = 10             # steps between printed sample transcripts
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"               # cpu, cuda or auto
 
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, value in asdict(RLConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    args = p.parse_args()
-    resume = args.resume
-    del args.resume
-    return RLConfig(**vars(args)), resume
 
 
 def episode_window(specs, rng, cfg):
@@ -149,7 +134,7 @@ def reply_delay(ep):
 
 def main():
     # ---- setup ------------------------------------------------------------------------------------------
-    cfg, resume = parse_args()
+    cfg, resume = parse_config(RLConfig, __doc__.splitlines()[0])
     print(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)

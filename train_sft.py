@@ -9,7 +9,6 @@ trains a toy model from scratch on CPU in a few minutes and writes runs/toy/sft.
 hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json) instead.
 Departure: the paper mixes in offline video QA and captions to keep general ability; the toy does not need it.
 """
-import argparse
 import json
 import os
 import sys
@@ -26,53 +25,39 @@ from mmduet2.model import MMDuet2
 from mmduet2.stream import check_token_ids
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
-from mmduet2.training import (Split, autocast, collate, load_trainer_state, lr_at, model_inputs, pick_device,
-                              save_checkpoint, seed_everything, sft_loss)
+from mmduet2.training import (Split, autocast, collate, load_trainer_state, lr_at, model_inputs, parse_config,
+                              pick_device, save_checkpoint, seed_everything, sft_loss)
 
 
 @dataclass
 class SFTConfig:
     data: str = "data/toy"            # folder with train.jsonl and val.jsonl
-    out: str = "runs/toy/sft"
+    out: str = "runs/toy/sft"         # checkpoint folder (hub layout + tokenizer.json + trainer state)
     init: str = ""                    # hub-layout checkpoint to start from; empty = fresh model of --preset
     preset: str = "toy"
-    steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-3
+    steps: int = 1000                 # optimizer steps
+    batch_size: int = 8               # dialogues per micro-batch
+    grad_accum: int = 1               # micro-batches per optimizer step
+    lr: float = 2e-3                  # peak learning rate (toy from scratch; ~1e-5 for a real 3B model)
     weight_decay: float = 0.01
-    warmup: int = 30
+    warmup: int = 30                  # linear warm-up steps
     schedule: str = "cosine"          # constant | cosine
     grad_clip: float = 1.0
-    freeze_vision: bool = False
+    freeze_vision: bool = False       # keep the vision tower fixed
     caption_mix: float = 0.5          # share of each batch that is caption dialogues (records with `objects`)
     frames_per_turn: int = 2
     frame_interval: float = 2.0       # seconds per frame in training, as the paper (inference: 1 s)
     max_pixels: int = 128 * 28 * 28
-    eval_every: int = 100
-    save_every: int = 200
+    eval_every: int = 100             # steps between val losses
+    save_every: int = 200             # steps between checkpoints
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"              # cpu, cuda or auto
 
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, value in asdict(SFTConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action="store_true", help=f"(default {value})")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    args = p.parse_args()
-    resume = args.resume
-    del args.resume
-    return SFTConfig(**vars(args)), resume
 
 
 def main():
     # ---- setup ------------------------------------------------------------------------------------------
-    cfg, resume = parse_args()
+    cfg, resume = parse_config(SFTConfig, __doc__.splitlines()[0])
     print(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)

@@ -6,12 +6,15 @@ the demo and the reference implementation read it as they are; `trainer_state.pt
 states) and `train_config.json` sit beside it for resuming. A directory is written whole to a temporary
 sibling and renamed into place, so a crash mid-save never destroys the previous checkpoint.
 """
+import argparse
+import inspect
 import json
 import math
 import os
 import random
+import re
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
@@ -104,6 +107,27 @@ def sft_loss(logits, batch):
     mask = batch["loss_mask"][:, 1:].to(logits.device)
     loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")  # (B, T-1)
     return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+def parse_config(cls, description, argv=None):
+    """argparse over a config dataclass: one --flag per field, its help from the field's trailing comment.
+    Returns (config, resume)."""
+    comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.+)$", inspect.getsource(cls), re.M))
+    p = argparse.ArgumentParser(description=description)
+    for f in fields(cls):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        text = f"{comments.get(f.name, f.name.replace('_', ' '))} (default {default!r})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=text)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint this run last saved")
+    args = vars(p.parse_args(argv))
+    resume = args.pop("resume")
+    return cls(**args), resume
 
 
 # ---------------------------------------------------------------------------------------------------------
