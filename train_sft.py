@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from mmduet2.config import preset
-from mmduet2.data import load_dialogues
 from mmduet2.dialogue import SYSTEM_PROMPT
 from mmduet2.model import MMDuet2
 from mmduet2.stream import check_token_ids

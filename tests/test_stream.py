@@ -7,7 +7,6 @@ from mmduet2.config import preset
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
 from mmduet2.grpo import token_logprobs
 from mmduet2.model import MMDuet2
-from mmduet2.processor import process_images
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids, main
 from mmduet2.tokenizer import train_toy_tokenizer
 

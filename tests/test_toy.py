@@ -74,7 +74,7 @@ def test_evidence_never_precedes_reply_span(tmp_path, i):
 
 
 def test_gold_rules_and_balance():
-    n_answers, n_empty, n_match, n_objects = [], 0, 0, 0
+    n_answers, n_match, n_objects = [], 0, 0
     for i in range(200):
         kind = "1qna" if i % 2 == 0 else "nqna"
         scene = make_scene(np.random.default_rng([5, 0, i]), kind)
