@@ -92,8 +92,9 @@ def score(records, preds, judge):
                "reply_turns": sum(len(preds[r["question_id"]]) for r in records) / len(records),
                "median_reply_delay": statistics.median(delays) if delays else None,
                "answered_spans": len(delays) / max(1, sum(len(r["answer"]) for r in records))}
-    tasks = sorted({r.get("task") for r in records if r.get("task")})
-    if len(tasks) > 1:
-        metrics["per_task"] = {t: proactive_pauc([r for r in records if r.get("task") == t], preds, judge)["pauc"]
-                               for t in tasks}
+    task_of = {r["question_id"]: r.get("task") for r in records}
+    tasks = sorted({t for t in task_of.values() if t})
+    if len(tasks) > 1:  # from the per-turn values already judged, not a second round of judging
+        metrics["per_task"] = {t: 100 * statistics.mean(x["pauc"] for x in res["turns"]
+                                                        if task_of[x["question_id"]] == t) for t in tasks}
     return metrics

@@ -121,18 +121,18 @@ class Streamer:
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         mask = None if bool(mask.all()) else mask
         self.pending = [[] for _ in range(b)]
-        if reply is not None:  # a context turn: the ground-truth reply is part of the prompt
-            self._forward(ids, pixel_values.repeat(b, 1), grid.repeat(b, 1), mask)
-            for i, row in enumerate(self.rows):
-                self._record(i, forced, sampled=False)
-                row.turns.append((self.time, reply))
-            return [None if reply == NO_REPLY else reply] * b
+        # Rows are left-padded, so the last position is every row's last real token: only its logits are needed.
         logits = self._forward(ids, pixel_values.repeat(b, 1), grid.repeat(b, 1), mask)[:, -1]
-        return self._generate(logits)
+        if reply is None:
+            return self._generate(logits)
+        for i, row in enumerate(self.rows):  # a context turn: the ground-truth reply is part of the prompt
+            self._record(i, forced, sampled=False)
+            row.turns.append((self.time, reply))
+        return [None if reply == NO_REPLY else reply] * b
 
     def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None):
         pv = None if pixel_values is None else pixel_values.to(self.device, self.model.dtype)
-        return self.model(ids, attention_mask=attention_mask, pixel_values=pv,
+        return self.model(ids, attention_mask=attention_mask, pixel_values=pv, logits_to_keep=1,
                           image_grid_thw=None if grid is None else grid.to(self.device), cache=self.cache)
 
     def _record(self, i, tokens, sampled, logprobs=None):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import build_turns, load_dialogues
-from .dialogue import Turn, render_dialogue
+from .dialogue import SYSTEM_PROMPT, Turn, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 from .toy import CAPTION_QUESTION, caption as caption_text
@@ -73,10 +73,10 @@ class Split:
             objects = self.records[i]["objects"]
             turns = [Turn(s.time, len(s.frame_indices), CAPTION_QUESTION if k == 0 else None,
                           caption_text(objects, s.time)) for k, s in enumerate(specs)]
-            ids, mask = render_dialogue(tok, turns, tokens_per_frame, system_prompt=DEFAULT_SYSTEM_PROMPT)
-            return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}
-        turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
-        ids, mask = render_dialogue(tok, turns, tokens_per_frame)
+        else:
+            turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
+        ids, mask = render_dialogue(tok, turns, tokens_per_frame,
+                                    system_prompt=DEFAULT_SYSTEM_PROMPT if caption else SYSTEM_PROMPT)
         return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}
 
 
