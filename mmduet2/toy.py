@@ -18,7 +18,7 @@ object first in the frame stamped `appear`, the start of its reply span, and nev
 two screen halves act as lanes holding one object at a time (at most 2 visible, never overlapping), about half
 the objects match the question, and about 15 % of videos have nothing to report (silence must be learnt).
 
-    python -m mmduet2.toy --out data/toy --train 400 --val 40 --test 120 --seed 0
+    python -m mmduet2.toy --out data/toy --train 400 --val 120 --test 240 --seed 0
 """
 import argparse
 import json
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from .video import write_video
 
-VERSION = 3
+VERSION = 4
 SIZE, FPS = 56, 4                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
@@ -130,7 +130,7 @@ def make_scene(rng, kind):
         if m is not None:
             new = [c for c in COLOURS if c != colour and not (empty and c == target_at(m))]
             segments = [Segment(colour, a, m), Segment(str(rng.choice(new)), m, b)]
-        size = int(rng.integers(16, 23))   # big against the frame: a tiny model learns it in minutes
+        size = int(rng.integers(22, 25))   # nearly fills its lane: a tiny vision tower tells shapes apart in minutes
         lo = (lane * SIZE // 2 + size // 2 + 2, size // 2 + 2)
         hi = ((lane + 1) * SIZE // 2 - size // 2 - 2, SIZE - size // 2 - 2)
         p0, p1 = (tuple(float(rng.uniform(lo[d], hi[d])) for d in range(2)) for _ in range(2))
@@ -178,7 +178,7 @@ def draw_frame(scene, t, background):
         if o.shape == "circle":
             draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[colour])
         elif o.shape == "square":
-            draw.rectangle([x - 0.9 * r, y - 0.9 * r, x + 0.9 * r, y + 0.9 * r], fill=COLOURS[colour])
+            draw.rectangle([x - r, y - r, x + r, y + r], fill=COLOURS[colour])
         else:
             draw.polygon([(x, y - r), (x - r, y + 0.8 * r), (x + r, y + 0.8 * r)], fill=COLOURS[colour])
     return np.asarray(img)
@@ -227,7 +227,7 @@ def to_proactive(record):
 # ---------------------------------------------------------------------------------------------------------
 # Export
 
-def generate(out_dir, train=400, val=40, test=120, seed=0, log=print):
+def generate(out_dir, train=400, val=120, test=240, seed=0, log=print):
     """Write the whole dataset into `out_dir` (which should be new; ensure_toy_data makes that atomic)."""
     t0, sizes, stats = time.time(), {"train": train, "val": val, "test": test}, {}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -257,7 +257,7 @@ def generate(out_dir, train=400, val=40, test=120, seed=0, log=print):
     return meta
 
 
-def ensure_toy_data(out_dir="data/toy", train=400, val=40, test=120, seed=0, force=False, log=print):
+def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, force=False, log=print):
     """Generate ShapeWatch into `out_dir` unless it is already there with these settings. Returns out_dir.
 
     The data is written to a temporary sibling folder and renamed into place, so an interrupted run never
@@ -303,8 +303,8 @@ def main():
     p = argparse.ArgumentParser(description="Generate the ShapeWatch toy benchmark (videos + dialogue annotations).")
     p.add_argument("--out", default="data/toy", help="output folder (created atomically)")
     p.add_argument("--train", type=int, default=400, help="training dialogues (one video each)")
-    p.add_argument("--val", type=int, default=40, help="validation dialogues")
-    p.add_argument("--test", type=int, default=120, help="test dialogues (the 1QnA half is the benchmark)")
+    p.add_argument("--val", type=int, default=120, help="validation dialogues")
+    p.add_argument("--test", type=int, default=240, help="test dialogues (the 1QnA half is the benchmark)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same data")
     p.add_argument("--force", action="store_true", help="replace an existing folder made with other settings")
     args = p.parse_args()
