@@ -8,8 +8,13 @@ token the policy sampled (replies, `NO REPLY` and their <|im_end|>), and one PPO
 
 With no arguments this is the second step of the toy experiment: RL from runs/toy/sft into runs/toy/rl on
 CPU with the rule judge. Departures from the paper, all for the toy's sake and all flags: a higher learning
-rate (the toy model is tiny and trained briefly), episodes are the whole (short) toy video, and replies are
-capped at 24 tokens since toy answers are short.
+rate (the toy model is tiny and trained briefly), 16 prompts per step instead of 8 (steadier steps), 2 s per
+frame as in SFT, episodes are the whole (short) toy video, and replies are capped at 24 tokens since toy
+answers are short.
+
+Data parallel: `torchrun --nproc_per_node N train_rl.py ...` has every process roll out its own
+`prompts_per_step` prompts and averages the gradients (N times the prompts per step); process 0 logs its own
+rollouts, validates and saves.
 """
 import copy
 import json
@@ -32,8 +37,8 @@ from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids
 from mmduet2.tokenizer import Tokenizer
-from mmduet2.training import (Split, autocast, collate, load_trainer_state, model_inputs, parse_config,
-                              pick_device, save_checkpoint, seed_everything)
+from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, model_inputs,
+                              parse_config, save_checkpoint, seed_everything)
 
 
 @dataclass
@@ -41,10 +46,10 @@ class RLConfig:
     sft: str = "runs/toy/sft"          # the policy to start from (hub layout + tokenizer.json)
     data: str = "data/toy"             # folder with train.jsonl and val_proactive.json
     out: str = "runs/toy/rl"           # the best-val policy; the latest step goes to OUT_last
-    steps: int = 60                    # GRPO steps (the paper: about 500)
-    prompts_per_step: int = 8          # dialogues per step, each rolled out group_size times
+    steps: int = 100                   # GRPO steps (the paper: about 500)
+    prompts_per_step: int = 16         # dialogues per step, each rolled out group_size times (the paper: 8)
     group_size: int = 4                # rollouts per prompt (G)
-    lr: float = 1e-4                   # the paper uses 1e-6 on the 3B model
+    lr: float = 5e-5                   # the paper uses 1e-6 on the 3B model
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     micro_batch: int = 16              # trajectories per forward/backward in the update
@@ -54,7 +59,7 @@ class RLConfig:
     episode_min: float = 20.0          # seconds of video the policy plays (shorter videos: all of it)
     episode_max: float = 60.0
     frames_per_turn: int = 2
-    frame_interval: float = 1.0
+    frame_interval: float = 2.0        # seconds per frame, as in SFT (the toy also evaluates at 2 s; README)
     # GRPO switches (paper defaults; see mmduet2/grpo.py)
     normalize_std: bool = True
     skip_constant_groups: bool = False
@@ -74,8 +79,8 @@ class RLConfig:
     lora_rank: int = 0                 # 0 = full fine-tuning
     lora_alpha: float = 32.0           # LoRA scale is alpha / rank
     grad_checkpointing: bool = False   # recompute decoder layers in backward to save memory
-    eval_every: int = 10               # steps between val PAUC runs (the best is kept)
-    eval_examples: int = 40            # val questions per PAUC run
+    eval_every: int = 20               # steps between val PAUC runs (the best is kept)
+    eval_examples: int = 60            # val questions per PAUC run
     save_every: int = 20               # steps between resumable checkpoints (OUT_last)
     sample_every: int = 10             # steps between printed sample transcripts
     seed: int = 0
@@ -135,9 +140,13 @@ def reply_delay(ep):
 def main():
     # ---- setup ------------------------------------------------------------------------------------------
     cfg, resume = parse_config(RLConfig, __doc__.splitlines()[0])
-    print(json.dumps(asdict(cfg), indent=2))
+    par, device = init_parallel(cfg.device)
+    if par.world > 1 and cfg.skip_constant_groups:
+        sys.exit("--skip-constant-groups gives processes different numbers of micro-batches, which DDP cannot "
+                 "synchronise: run it without torchrun, or drop the flag (constant groups have advantage 0 anyway).")
+    if par.main:
+        print(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
     gcfg = grpo.GRPOConfig(normalize_std=cfg.normalize_std, skip_constant_groups=cfg.skip_constant_groups,
                            clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef,
                            loss_agg=cfg.loss_agg, temperature=cfg.temperature, group_size=cfg.group_size)
@@ -172,10 +181,11 @@ def main():
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy, only when the KL switch is on
         ref = MMDuet2.from_pretrained(src).to(device).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
+    net = par.wrap(model)  # what the update's forward/backward go through (DDP under torchrun)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history = 0, {"reward": [], "val_pauc": [], "best": (0, -1.0)}
     if resume:
-        step, history = load_trainer_state(cfg.out, optimizer)
+        step, history = load_trainer_state(last_dir, optimizer)
     eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
     video_root = cfg.data
 
@@ -198,16 +208,17 @@ def main():
             save(cfg.out)
         return m
 
-    if not resume:
+    if not resume and par.main:
         m = validate_and_keep_best()
         print(f"step 0 val PAUC {m['pauc']:.1f}  reply turns {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
 
     # ---- loop -------------------------------------------------------------------------------------------
-    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_log.jsonl"), "a")
+    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_log.jsonl"), "a") if par.main else None
     t0 = time.time()
     while step < cfg.steps:
         ts = time.time()
-        rng = np.random.default_rng([cfg.seed, step])  # the step's prompts and samples depend on (seed, step)
+        # The step's prompts and samples depend on (seed, step) (and the process under torchrun).
+        rng = np.random.default_rng([cfg.seed, step] + ([par.rank] if par.world > 1 else []))
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
@@ -225,23 +236,24 @@ def main():
         n_tokens = sum(sum(episodes[i].sampled_mask) for i in idx)
         stats_sum, n_seen = {}, 0
         for k in range(0, len(idx), cfg.micro_batch):
-            part = idx[k:k + cfg.micro_batch]
+            part, last = idx[k:k + cfg.micro_batch], k + cfg.micro_batch >= len(idx)
             batch = collate([{"input_ids": episodes[i].input_ids, "loss_mask": episodes[i].sampled_mask,
                               "pixel_values": episodes[i].pixel_values,
                               "image_grid_thw": episodes[i].image_grid_thw} for i in part])
             inputs = model_inputs(batch, device, model.dtype)
             mask = batch["loss_mask"].to(device)
-            with autocast(device):
-                logp = grpo.token_logprobs(model(**inputs), inputs["input_ids"], cfg.temperature)
-                ref_logp = None
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_logp = grpo.token_logprobs(ref(**inputs), inputs["input_ids"], cfg.temperature)
-            # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
-            loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
-            # Each micro-batch's share of the batch-level aggregate.
-            weight = mask.sum().item() / n_tokens if cfg.loss_agg == "token_mean" else len(part) / len(idx)
-            (loss * weight).backward()
+            with par.no_sync(net, last):  # DDP averages the gradients once, after the last micro-batch
+                with autocast(device):
+                    logp = grpo.token_logprobs(net(**inputs), inputs["input_ids"], cfg.temperature)
+                    ref_logp = None
+                    if ref is not None:
+                        with torch.no_grad():
+                            ref_logp = grpo.token_logprobs(ref(**inputs), inputs["input_ids"], cfg.temperature)
+                # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
+                loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
+                # Each micro-batch's share of the batch-level aggregate.
+                weight = mask.sum().item() / n_tokens if cfg.loss_agg == "token_mean" else len(part) / len(idx)
+                (loss * weight).backward()
             for key, v in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + float(v) * len(part)
             n_seen += len(part)
@@ -261,12 +273,15 @@ def main():
                  "tokens_per_s": sum(len(ep.input_ids) for ep in episodes) / (time.time() - ts),
                  "rollout_s": t_roll, "step_s": time.time() - ts,
                  **{k: v / max(1, n_seen) for k, v in stats_sum.items()}}
+        if not par.main:
+            continue
         history["reward"].append((step, entry["reward"]))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            entry["val_pauc"] = validate_and_keep_best()["pauc"]
+            m = validate_and_keep_best()
+            entry["val_pauc"], entry["val_dup"] = m["pauc"], m["duplicate_ratio"]
         print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
                        if k in ("step", "reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "reply_delay",
-                                "grad_norm", "step_s", "val_pauc")), flush=True)
+                                "grad_norm", "step_s", "val_pauc", "val_dup")), flush=True)
         log.write(json.dumps(entry) + "\n")
         log.flush()
         if step % cfg.sample_every == 0:
@@ -278,6 +293,9 @@ def main():
             save(last_dir)
             draw_curves(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_curves.png"),
                         {"reward": history["reward"], "val PAUC": history["val_pauc"]}, title="GRPO on ShapeWatch")
+    par.close()
+    if not par.main:
+        return
     best_step, best = history["best"]
     print(f"RL done in {time.time() - t0:.0f} s; best val PAUC {best:.1f} at step {best_step} is in {cfg.out}, "
           f"the last step in {last_dir}")

@@ -7,7 +7,10 @@ speak late; RL is what moves it earlier.
 With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing,
 trains a toy model from scratch on CPU in a few minutes and writes runs/toy/sft. With --init it starts from a
 hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json) instead.
-Departure: the paper mixes in offline video QA and captions to keep general ability; the toy does not need it.
+The paper mixes offline video QA and captions into SFT; the toy mixes in caption dialogues of its own videos
+(--caption-mix), which is what teaches its from-scratch vision tower to see.
+Data parallel: `torchrun --nproc_per_node N train_sft.py ...` gives each process its own batches of
+--batch-size dialogues (N times the data per step); process 0 logs and saves.
 """
 import json
 import os
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer as HFTokenizer
 
 from mmduet2.config import preset
 from mmduet2.dialogue import SYSTEM_PROMPT
@@ -25,7 +29,7 @@ from mmduet2.stream import check_token_ids
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
 from mmduet2.training import (Split, autocast, collate, load_trainer_state, lr_at, model_inputs, parse_config,
-                              pick_device, save_checkpoint, seed_everything, sft_loss)
+                              init_parallel, save_checkpoint, seed_everything, sft_loss)
 
 
 @dataclass
@@ -34,7 +38,7 @@ class SFTConfig:
     out: str = "runs/toy/sft"         # checkpoint folder (hub layout + tokenizer.json + trainer state)
     init: str = ""                    # hub-layout checkpoint to start from; empty = fresh model of --preset
     preset: str = "toy"
-    steps: int = 1000                 # optimizer steps
+    steps: int = 2000                 # optimizer steps
     batch_size: int = 8               # dialogues per micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step
     lr: float = 2e-3                  # peak learning rate (toy from scratch; ~1e-5 for a real 3B model)
@@ -57,11 +61,13 @@ class SFTConfig:
 def main():
     # ---- setup ------------------------------------------------------------------------------------------
     cfg, resume = parse_config(SFTConfig, __doc__.splitlines()[0])
-    print(json.dumps(asdict(cfg), indent=2))
+    par, device = init_parallel(cfg.device)
+    log_print = print if par.main else (lambda *a, **k: None)
+    log_print(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    if cfg.data == SFTConfig.data:
+    if cfg.data == SFTConfig.data and par.main:
         ensure_toy_data(cfg.data)
+    par.barrier()
 
     # ---- data and tokenizer -----------------------------------------------------------------------------
     train_path, val_path = os.path.join(cfg.data, "train.jsonl"), os.path.join(cfg.data, "val.jsonl")
@@ -79,7 +85,8 @@ def main():
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
                 texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
-        tok = train_toy_tokenizer(texts, vocab_size=512)
+        tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512).tk.to_str())  # one tokenizer for all
+        tok = Tokenizer(HFTokenizer.from_str(tok))
 
     # ---- model ------------------------------------------------------------------------------------------
     if resume or cfg.init:
@@ -93,19 +100,22 @@ def main():
     if cfg.freeze_vision:
         model.visual.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    print(f"model: {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters on {device}")
+    log_print(f"model: {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters on {device}"
+              + (f", data parallel over {par.world} processes" if par.world > 1 else ""))
+    net = par.wrap(model)  # what forward/backward go through (DDP under torchrun)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     step = 0
     if resume:
         step, _ = load_trainer_state(cfg.out, optimizer)
-        print(f"resumed at step {step}")
+        log_print(f"resumed at step {step}")
 
     can_caption = all("objects" in r for r in train.records)
     if cfg.caption_mix and not can_caption:
-        print("--caption-mix ignored: the training records carry no `objects` annotation")
+        log_print("--caption-mix ignored: the training records carry no `objects` annotation")
 
     def batch_at(split, k, n):
-        # The batch of step k depends only on (seed, k), so a resumed run sees exactly the same data.
+        # Batch k depends only on (seed, k), so a resumed run sees exactly the same data. Under torchrun,
+        # process r of N takes batches k * N + r.
         rng = np.random.default_rng([cfg.seed, k])
         idx = rng.choice(len(split), size=n, replace=len(split) < n)
         captions = rng.random(n) < (cfg.caption_mix if can_caption else 0.0)
@@ -124,7 +134,7 @@ def main():
 
     # ---- loop -------------------------------------------------------------------------------------------
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "sft_log.jsonl"), "a")
+    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "sft_log.jsonl"), "a") if par.main else None
     t0 = time.time()
     while step < cfg.steps:
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.schedule)
@@ -132,16 +142,19 @@ def main():
             group["lr"] = lr
         total = 0.0
         for micro in range(cfg.grad_accum):
-            batch = batch_at(train, step * cfg.grad_accum + micro, cfg.batch_size)
-            with autocast(device):
-                loss = sft_loss(model(**model_inputs(batch, device, model.dtype)), batch) / cfg.grad_accum
-            loss.backward()
+            batch = batch_at(train, (step * cfg.grad_accum + micro) * par.world + par.rank, cfg.batch_size)
+            with par.no_sync(net, last=micro == cfg.grad_accum - 1):
+                with autocast(device):
+                    loss = sft_loss(net(**model_inputs(batch, device, model.dtype)), batch) / cfg.grad_accum
+                loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         entry = {"step": step, "loss": total, "lr": lr, "grad_norm": grad_norm, "time": time.time() - t0}
+        if not par.main:
+            continue
         if step % cfg.eval_every == 0 or step == cfg.steps:
             entry["val_loss"] = val_loss()
         if step % 10 == 0 or "val_loss" in entry:
@@ -151,7 +164,8 @@ def main():
         log.flush()
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_checkpoint(cfg.out, model, tok, optimizer, step, asdict(cfg))
-    print(f"SFT done in {time.time() - t0:.0f} s; checkpoint in {cfg.out}")
+    log_print(f"SFT done in {time.time() - t0:.0f} s; checkpoint in {cfg.out}")
+    par.close()
 
 
 if __name__ == "__main__":

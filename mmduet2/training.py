@@ -5,6 +5,9 @@ A checkpoint directory is the hub layout (config.json + model.safetensors) plus 
 the demo and the reference implementation read it as they are; `trainer_state.pt` (optimizer, step, RNG
 states) and `train_config.json` sit beside it for resuming. A directory is written whole to a temporary
 sibling and renamed into place, so a crash mid-save never destroys the previous checkpoint.
+
+Data parallel: under `torchrun --nproc_per_node N` each process takes its own share of every step's data and
+torch's DistributedDataParallel averages the gradients; process 0 alone logs, validates and saves.
 """
 import argparse
 import inspect
@@ -14,11 +17,14 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, fields
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .data import build_turns, load_dialogues
 from .dialogue import SYSTEM_PROMPT, Turn, render_dialogue
@@ -152,6 +158,61 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data parallel (torchrun)
+
+@dataclass
+class Parallel:
+    """Where this process stands among the torchrun processes (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def wrap(self, model):
+        """The module to run forward/backward through: DDP (gradients averaged over processes) or the model."""
+        if self.world == 1:
+            return model
+        return DistributedDataParallel(model, device_ids=[model.device] if model.device.type == "cuda" else None)
+
+    def no_sync(self, net, last):
+        """Skip the gradient all-reduce on every micro-batch but the last of an optimizer step."""
+        return net.no_sync() if self.world > 1 and not last else nullcontext()
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        """Wait for every process, then leave the process group (at the end of a run)."""
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def from_main(self, obj):
+        """Process 0's `obj` on every process (e.g. a freshly trained tokenizer)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_parallel(device_name):
+    """(Parallel, device). Under torchrun: one process group (NCCL on GPUs, gloo on CPU), one GPU per process."""
+    device = pick_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Parallel(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Parallel(dist.get_rank(), world), device
 
 
 def seed_everything(seed):
