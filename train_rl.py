@@ -2,7 +2,8 @@
 
 One step: take `prompts_per_step` dialogues; for each, pick an episode window of the video, feed the turns
 before it as context with their ground-truth replies, prefill that context once and expand the cache to a
-group of G rows, and let every row play every turn of the window (sampling at temperature 1.2, top-k 10).
+group of G rows, and let every row play every turn of the window (sampling at temperature 1.2, top-k 10); the
+groups of a step play side by side in one batch.
 Each trajectory gets one scalar reward from mmduet2/rewards.py; group-normalised advantages go on every
 token the policy sampled (replies, `NO REPLY` and their <|im_end|>), and one PPO-clip update follows.
 
@@ -98,31 +99,48 @@ def episode_window(specs, rng, cfg):
     return ctx, [s for s in specs if start < s.time <= start + length]
 
 
-def rollout_group(model, tok, split, i, rng, cfg, reward_fn):
-    """G trajectories of one dialogue sharing one prefilled context; returns a list of grpo.Episode."""
-    rec, frames, specs = split.records[i], split.frames(i), split.turns(i)
-    ctx, play = episode_window(specs, rng, cfg)
+def rollout(model, tok, split, prompts, rng, cfg, reward_fn):
+    """G trajectories for each prompt, played as one batch; returns a list of grpo.Episode, group by group.
+
+    Each prompt's context turns are prefilled once and the cache expanded to its G rows; then the groups are
+    concatenated and every turn is one batched step in which each row sees its own video (a row whose window
+    has ended sits the remaining turns out)."""
     stream_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, cfg.temperature,
                               cfg.top_k, max_pixels=split.max_pixels)
-    streamer = Streamer(model, tok, stream_cfg, seed=int(rng.integers(1 << 31)))
-    for s in ctx:
-        streamer.step([frames[k - 1] for k in s.frame_indices], s.user_text, reply=s.reply)
-    streamer.expand(cfg.group_size)
-    for s in play:
-        streamer.step([frames[k - 1] for k in s.frame_indices], s.user_text)
-    first, last = play[0].time - cfg.frame_interval * cfg.frames_per_turn, play[-1].time
-    answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
-                "question": rec["questions"][a["question"]]["text"]}
-               for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
-    context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
-    pixel_values, grids = torch.cat(streamer.pixel_values), torch.cat(streamer.grids)
+    windows, groups = [], []
+    for i in prompts:
+        frames, specs = split.frames(i), split.turns(i)
+        ctx, play = episode_window(specs, rng, cfg)
+        streamer = Streamer(model, tok, stream_cfg, seed=int(rng.integers(1 << 31)))
+        for s in ctx:
+            streamer.step([frames[k - 1] for k in s.frame_indices], s.user_text, reply=s.reply)
+        streamer.expand(cfg.group_size)
+        windows.append((split.records[i], frames, ctx, play))
+        groups.append(streamer)
+    batch, g_size = Streamer.concat(groups), cfg.group_size
+    for k in range(max(len(play) for *_, play in windows)):
+        frames_k, texts = [], []
+        for rec, frames, ctx, play in windows:
+            turn = play[k] if k < len(play) else None
+            frames_k += [None if turn is None else [frames[j - 1] for j in turn.frame_indices]] * g_size
+            texts += [None if turn is None else turn.user_text] * g_size
+        batch.step_rows(frames_k, texts, [None] * len(texts))
+
     episodes = []
-    for g, row in enumerate(streamer.rows):
-        turns = row.turns[len(ctx):]
-        total, comps = reward_fn(turns, answers, context_replies)
-        episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
-                                     turns=turns, reward=total, components=comps, pixel_values=pixel_values,
-                                     image_grid_thw=grids, answers=answers))
+    for p, (rec, frames, ctx, play) in enumerate(windows):
+        first, last = play[0].time - cfg.frame_interval * cfg.frames_per_turn, play[-1].time
+        answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
+                    "question": rec["questions"][a["question"]]["text"]}
+                   for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
+        context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
+        for g in range(g_size):
+            r = p * g_size + g
+            row, turns = batch.rows[r], batch.rows[r].turns[len(ctx):]
+            total, comps = reward_fn(turns, answers, context_replies)
+            episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
+                                         turns=turns, reward=total, components=comps,
+                                         pixel_values=torch.cat(batch.pixel_values[r]),
+                                         image_grid_thw=torch.cat(batch.grids[r]), answers=answers))
     return episodes
 
 
@@ -135,6 +153,16 @@ def reply_delay(ep):
         if times:
             out.append(min(times) - s)
     return out
+
+
+def curves(history, window=10):
+    """The plotted series: reward as a running mean over `window` steps (one step is noisy), val PAUC and val
+    duplicate % at each validation."""
+    r = history["reward"]
+    mean = [(s, sum(v for _, v in r[max(0, k - window + 1):k + 1]) / len(r[max(0, k - window + 1):k + 1]))
+            for k, (s, _) in enumerate(r)]
+    return {f"reward ({window}-step mean)": mean, "val PAUC": history["val_pauc"],
+            "val dup %": history.get("val_dup", [])}  # .get: older checkpoints lack it
 
 
 def main():
@@ -183,7 +211,7 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     net = par.wrap(model)  # what the update's forward/backward go through (DDP under torchrun)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history = 0, {"reward": [], "val_pauc": [], "best": (0, -1.0)}
+    step, history = 0, {"reward": [], "val_pauc": [], "val_dup": [], "best": (0, -1.0)}
     if resume:
         step, history = load_trainer_state(last_dir, optimizer)
     eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
@@ -203,6 +231,7 @@ def main():
     def validate_and_keep_best():
         m = validate()
         history["val_pauc"].append((step, m["pauc"]))
+        history.setdefault("val_dup", []).append((step, 100 * m["duplicate_ratio"]))
         if m["pauc"] > history["best"][1]:
             history["best"] = (step, m["pauc"])
             save(cfg.out)
@@ -213,7 +242,8 @@ def main():
         print(f"step 0 val PAUC {m['pauc']:.1f}  reply turns {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
 
     # ---- loop -------------------------------------------------------------------------------------------
-    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_log.jsonl"), "a") if par.main else None
+    # Named after the output folder (runs/toy/rl -> runs/toy/rl_log.jsonl, rl_curves.png): runs never share them.
+    log = open(cfg.out.rstrip("/") + "_log.jsonl", "a") if par.main else None
     t0 = time.time()
     while step < cfg.steps:
         ts = time.time()
@@ -222,7 +252,7 @@ def main():
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
-        episodes = [ep for i in prompts for ep in rollout_group(model, tok, train, int(i), rng, cfg, reward_fn)]
+        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn)
         t_roll = time.time() - ts
         # rewards -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])
@@ -291,8 +321,7 @@ def main():
                   + " | ".join(f"{t:g}s {text}" for t, text in ep.turns if text != NO_REPLY))
         if step % cfg.save_every == 0 or step == cfg.steps:
             save(last_dir)
-            draw_curves(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "rl_curves.png"),
-                        {"reward": history["reward"], "val PAUC": history["val_pauc"]}, title="GRPO on ShapeWatch")
+            draw_curves(cfg.out.rstrip("/") + "_curves.png", curves(history), title="GRPO on ShapeWatch")
     par.close()
     if not par.main:
         return

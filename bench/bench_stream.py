@@ -17,6 +17,8 @@ time, so each measurement is repeated (--repeats) and the fastest kept. Printed:
               against G single-row streamers that each prefill the same context and play the same 10 turns
               (row i seeded as expand() seeds row i, so both sample the same tokens up to float round-off).
               The two are timed alternately within each repeat; fastest of each, and their ratio.
+  RL step     --prompts groups of G rows on different videos, --step-turns sampled turns each, played group
+              after group (as train_rl.py once did) or as one batch (Streamer.concat + step_rows, as it does now).
 
 Run from the repo root: python -m bench.bench_stream [--threads 2] [--frames 400] [--repeats 3]
 """
@@ -91,6 +93,30 @@ def group_separate(model, tok, frames, cfg, g, context_turns, turns, seed):
     return rows, time.perf_counter() - start
 
 
+def step_groups(model, tok, videos, cfg, g, turns, seed, together):
+    """One RL step's rollouts: a group of g rows per video, played group after group or all groups as one batch
+    (Streamer.concat + step_rows) -> (rows, seconds)."""
+    start, n = time.perf_counter(), cfg.frames_per_turn
+    groups = []
+    for j in range(len(videos)):
+        s = Streamer(model, tok, cfg, seed=seed + 100 * j)
+        s.expand(g)
+        groups.append(s)
+    if together:
+        batch = Streamer.concat(groups)
+        for k in range(turns):
+            chunks = [v[k * n:(k + 1) * n] for v in videos]
+            batch.step_rows([c for c in chunks for _ in range(g)],
+                            [QUESTION if k == 0 else None] * len(videos) * g, [None] * len(videos) * g)
+        rows = batch.rows
+    else:
+        for s, v in zip(groups, videos):
+            for k in range(turns):
+                s.step(v[k * n:(k + 1) * n], QUESTION if k == 0 else None)
+        rows = [r for s in groups for r in s.rows]
+    return rows, time.perf_counter() - start
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -101,6 +127,8 @@ def main():
     p.add_argument("--group", type=int, default=4, help="rows G of the RL group")
     p.add_argument("--context-turns", type=int, default=20, help="forced context turns before the group samples")
     p.add_argument("--group-turns", type=int, default=10, help="sampled turns per group row")
+    p.add_argument("--prompts", type=int, default=16, help="groups (videos) of the RL step")
+    p.add_argument("--step-turns", type=int, default=6, help="turns per video in the RL step")
     p.add_argument("--seed", type=int, default=0, help="seed of the frames and of the group's samplers")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,6 +190,22 @@ def main():
     print(f"{f'{g} separate single-row streamers':32}{best_separate:9.2f}")
     print(f"{'separate / shared':32}{best_separate / best_shared[2]:9.2f}")
     print(f"rows whose every token matches its single-row run: {same}/{g}")
+
+    # ------------------------------------------------------------------- one RL step: many groups, one batch
+    videos = [random_video(args.step_turns * sampled.frames_per_turn, 56, args.seed + 10 + j)
+              for j in range(args.prompts)]
+    apart, together = [], []
+    for _ in range(args.repeats):
+        apart.append(step_groups(model, tok, videos, sampled, g, args.step_turns, args.seed, together=False))
+        together.append(step_groups(model, tok, videos, sampled, g, args.step_turns, args.seed, together=True))
+    t_apart, t_together = min(r[1] for r in apart), min(r[1] for r in together)
+    same = sum(a.ids == b.ids for a, b in zip(apart[0][0], together[0][0]))
+    print(f"\nRL step: {args.prompts} videos x G={g} rows, {args.step_turns} sampled turns each, fastest of "
+          f"{args.repeats}")
+    print(f"{'groups one after another':32}{t_apart:9.2f}")
+    print(f"{'all groups in one batch':32}{t_together:9.2f}")
+    print(f"{'apart / together':32}{t_apart / t_together:9.2f}")
+    print(f"rows whose every token matches the group-by-group run: {same}/{len(apart[0][0])}")
     print(f"\ntotal run time {time.perf_counter() - run_start:.0f} s")
 
 

@@ -246,6 +246,22 @@ class KVCache:
         self.pos[:, length:] = -1
         self.next_pos = self.pos[:, :length].amax(1) + 1 if length else torch.zeros_like(self.next_pos)
 
+    @classmethod
+    def concat(cls, caches):
+        """Stack caches row-wise (several RL groups into one batch). Each row keeps its slots and positions; a
+        cache shorter than the longest is padded with invalid slots, so all rows go on from one shared length."""
+        cap = max(c.capacity for c in caches)
+        pad = lambda x, value=0: F.pad(x, (0, 0, 0, cap - x.shape[2])) if x.dim() == 4 else \
+            F.pad(x, (0, cap - x.shape[1]), value=value)
+        out = cls.__new__(cls)
+        out.k = [torch.cat([pad(c.k[i]) for c in caches]) for i in range(len(caches[0].k))]
+        out.v = [torch.cat([pad(c.v[i]) for c in caches]) for i in range(len(caches[0].v))]
+        out.valid = torch.cat([pad(c.valid, False) for c in caches])
+        out.pos = torch.cat([pad(c.pos, -1) for c in caches])
+        out.next_pos = torch.cat([c.next_pos for c in caches])
+        out.length = max(c.length for c in caches)
+        return out
+
     def expand(self, n):
         """Each row becomes n identical rows (rows r*n .. r*n+n-1 copy row r): one RL group from a shared prefix."""
         rep = lambda x: x.repeat_interleave(n, dim=0)

@@ -5,8 +5,9 @@ next `frames_per_turn` frames (each its own image) and, when the user speaks, te
 assistant either replies or says "NO REPLY". The KV cache lives across turns, so a turn costs only its own
 tokens: the frames, the user text, the `<|im_start|>assistant\\n` template, then one forward per decoded token.
 
-`Streamer` holds a batch of rows that watch the same stream. Batch 1 is the demo and evaluation; an RL group
-prefills the shared context once at batch 1, `expand(G)`s the cache, then every row samples its own replies.
+`Streamer` holds a batch of rows. Batch 1 is the demo and evaluation; an RL group prefills the shared context
+once at batch 1 and `expand(G)`s the cache, then every row samples its own replies; the groups of one RL step
+are `concat`enated into one batch whose rows each watch their own video (`step_rows`).
 Each row records every token it holds and whether the policy sampled it (reply tokens and their <|im_end|>)
 or it was forced (frames, user text, template, context replies): that flag becomes the RL loss mask.
 
@@ -67,7 +68,11 @@ def sample_next(logits, temperature, top_k, generators=None, active=None):
 
 
 class Streamer:
-    """Rows watching one video stream through a model with a KV cache kept across turns."""
+    """Rows watching video streams through a model with a KV cache kept across turns.
+
+    Usually every row watches the same stream (`step`). `concat` stacks several streamers (RL groups of
+    different videos) into one batch whose rows are then fed their own frames by `step_rows`, so one forward
+    serves every prompt of an RL step."""
 
     def __init__(self, model, tokenizer, cfg=None, system_prompt=SYSTEM_PROMPT, seed=None):
         self.model, self.tok, self.cfg = model, tokenizer, cfg or StreamConfig()
@@ -76,14 +81,18 @@ class Streamer:
         self.cache = model.new_cache(1)
         self.rows = [Row()]
         self.pending = [[]]               # tokens written to the row but not yet to the cache
-        self.frames_seen = 0
-        self.pixel_values, self.grids = [], []  # every frame fed so far, to re-feed when training on a row
+        self.frames_seen = [0]            # per row: its clock is frames_seen * frame_interval
+        self.pixel_values, self.grids = [[]], [[]]  # per row, every frame fed so far (to re-feed in training)
         self.seed = seed
         self.generators = None if seed is None else [torch.Generator().manual_seed(seed)]
 
     @property
     def time(self):
-        return self.frames_seen * self.cfg.frame_interval
+        """Video time of row 0 (every row, unless rows watch different streams)."""
+        return self.row_time(0)
+
+    def row_time(self, i):
+        return self.frames_seen[i] * self.cfg.frame_interval
 
     def expand(self, n):
         """Turn a batch-1 stream into n rows that share everything so far (one RL group)."""
@@ -92,43 +101,79 @@ class Streamer:
         row, pend = self.rows[0], self.pending[0]
         self.rows = [Row(list(row.ids), list(row.sampled), list(row.logprobs), list(row.turns)) for _ in range(n)]
         self.pending = [list(pend) for _ in range(n)]
+        self.frames_seen = self.frames_seen * n
+        self.pixel_values = [list(self.pixel_values[0]) for _ in range(n)]
+        self.grids = [list(self.grids[0]) for _ in range(n)]
         if self.seed is not None:
             self.generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
 
-    @torch.no_grad()
+    @classmethod
+    def concat(cls, streamers):
+        """One streamer holding the rows of all `streamers` (same model and config), each row keeping its cache,
+        clock, frames and sampler. The shorter caches get invalid slots at the end, which no query sees."""
+        first = streamers[0]
+        out = cls(first.model, first.tok, first.cfg, first.system_prompt)
+        out.cache = type(first.cache).concat([s.cache for s in streamers])
+        for name in ("rows", "pending", "frames_seen", "pixel_values", "grids"):
+            setattr(out, name, [x for s in streamers for x in getattr(s, name)])
+        if all(s.generators is not None for s in streamers):
+            out.generators = [g for s in streamers for g in s.generators]
+        return out
+
     def step(self, frames, text=None, reply=None):
         """One turn: feed `frames` (PIL images or HxWx3 uint8 arrays) and optional user `text`, then let every
         row answer. With `reply` given the answer is forced instead (ground-truth context turns).
         Returns each row's answer text, None for silence."""
-        pixel_values, grid = process_images(frames, min_pixels=self.cfg.min_pixels, max_pixels=self.cfg.max_pixels)
+        b = len(self.rows)
+        return self.step_rows([frames] * b, [text] * b, [reply] * b)
+
+    @torch.no_grad()
+    def step_rows(self, frames, texts, replies):
+        """One turn with each row's own input: frames[i] (a list of frames, or None when row i sits this turn
+        out, e.g. its video has ended), texts[i] (user text or None), replies[i] (a forced answer, or None to
+        let the row answer). Every row's frames must give the same number of visual tokens.
+        Returns each row's answer text, None for silence or a row that sat out."""
+        b = len(self.rows)
+        if all(f is None for f in frames):
+            return [None] * b
         merge = self.model.config.vision.spatial_merge_size ** 2
-        tokens_per_frame = int(grid[0].prod()) // merge
-        chunk = user_chunk_ids(self.tok, self.frames_seen == 0, len(frames), tokens_per_frame, text,
-                               system_prompt=self.system_prompt)
-        self.frames_seen += len(frames)
-        self.pixel_values.append(pixel_values)
-        self.grids.append(grid)
-        for row in self.rows:
+        processed, pixels, grids, seqs = {}, [], [], []
+        for i, row in enumerate(self.rows):
+            if frames[i] is None:
+                seqs.append([])  # an all-pad row: masked, nothing recorded, its pending tokens wait
+                continue
+            if id(frames[i]) not in processed:  # rows watching one stream share the preprocessing
+                processed[id(frames[i])] = process_images(frames[i], min_pixels=self.cfg.min_pixels,
+                                                          max_pixels=self.cfg.max_pixels)
+            pixel_values, grid = processed[id(frames[i])]
+            chunk = user_chunk_ids(self.tok, self.frames_seen[i] == 0, len(frames[i]), int(grid[0].prod()) // merge,
+                                   texts[i], system_prompt=self.system_prompt)
+            self.frames_seen[i] += len(frames[i])
+            self.pixel_values[i].append(pixel_values)
+            self.grids[i].append(grid)
+            pixels.append(pixel_values)
+            grids.append(grid)
             row.ids += chunk
             row.sampled += [False] * len(chunk)
             row.logprobs += [0.0] * len(chunk)
-        b = len(self.rows)
-        forced = reply_ids(self.tok, reply) if reply is not None else []
+            forced = reply_ids(self.tok, replies[i]) if replies[i] is not None else []
+            seqs.append(self.pending[i] + chunk + forced[:-1])
+            self.pending[i] = []
         # Left-pad the rows whose pending tokens differ in number (a capped reply leaves two); pads are masked.
-        seqs = [p + chunk + forced[:-1] for p in self.pending]
         width = max(map(len, seqs))
         ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=self.device)  # (B, T)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         mask = None if bool(mask.all()) else mask
-        self.pending = [[] for _ in range(b)]
         # Rows are left-padded, so the last position is every row's last real token: only its logits are needed.
-        logits = self._forward(ids, pixel_values.repeat(b, 1), grid.repeat(b, 1), mask)[:, -1]
-        if reply is None:
-            return self._generate(logits)
-        for i, row in enumerate(self.rows):  # a context turn: the ground-truth reply is part of the prompt
-            self._record(i, forced, sampled=False)
-            row.turns.append((self.time, reply))
-        return [None if reply == NO_REPLY else reply] * b
+        logits = self._forward(ids, torch.cat(pixels), torch.cat(grids), mask)[:, -1]
+        sample = torch.tensor([frames[i] is not None and replies[i] is None for i in range(b)])
+        answers = self._generate(logits, sample) if sample.any() else [None] * b
+        for i, row in enumerate(self.rows):
+            if frames[i] is not None and replies[i] is not None:  # a context turn: the gold reply is prompt
+                self._record(i, reply_ids(self.tok, replies[i]), sampled=False)
+                row.turns.append((self.row_time(i), replies[i]))
+                answers[i] = None if replies[i] == NO_REPLY else replies[i]
+        return answers
 
     def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None):
         pv = None if pixel_values is None else pixel_values.to(self.device, self.model.dtype)
@@ -142,11 +187,13 @@ class Streamer:
         row.logprobs += logprobs if logprobs is not None else [0.0] * len(tokens)
         self.pending[i] = [tokens[-1]]  # the reply's last token reaches the cache with the next chunk
 
-    def _generate(self, logits):
+    def _generate(self, logits, active):
+        """Sample an answer for the rows marked in `active` (B,) bool; the other rows feed masked pads."""
         cfg, b, end = self.cfg, len(self.rows), self.tok.im_end_id
+        rows = active.nonzero()[:, 0].tolist()
         out = [[] for _ in range(b)]
         lps = [[] for _ in range(b)]
-        active = torch.ones(b, dtype=torch.bool)
+        active = active.clone()
         for n in range(cfg.max_new_tokens):
             tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active)
             for i in active.nonzero()[:, 0].tolist():
@@ -158,16 +205,16 @@ class Streamer:
             # Rows that finished feed a masked pad so the batch stays rectangular; the mask hides it.
             feed = torch.where(active.to(tokens.device), tokens, torch.zeros_like(tokens))[:, None]
             logits = self._forward(feed, attention_mask=active[:, None].long().to(self.device))[:, -1]
-        replies = []
-        for i in range(b):
+        replies = [None] * b
+        for i in rows:
             sampled = out[i]
             self._record(i, sampled, True, lps[i])
             if sampled[-1] != end:  # hit the cap: close the turn with a forced <|im_end|>
                 self._record(i, [end], False)
                 self.pending[i] = [sampled[-1], end]
             text = self.tok.decode([t for t in sampled if t != end]).strip()
-            self.rows[i].turns.append((self.time, text))
-            replies.append(None if text == NO_REPLY else text)
+            self.rows[i].turns.append((self.row_time(i), text))
+            replies[i] = None if text == NO_REPLY else text
         return replies
 
 

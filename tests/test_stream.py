@@ -51,10 +51,12 @@ def play(model, tok, frames, seed, group=None, context_turns=0, cfg=None):
     return s
 
 
-def full_forward_logprobs(model, row, streamer, temperature):
-    ids = torch.tensor([row.ids])
+def full_forward_logprobs(model, streamer, i, temperature):
+    """Row i of a streamer recomputed in one forward over its whole sequence and every frame it saw."""
+    ids = torch.tensor([streamer.rows[i].ids])
     with torch.no_grad():
-        logits = model(ids, pixel_values=torch.cat(streamer.pixel_values), image_grid_thw=torch.cat(streamer.grids))
+        logits = model(ids, pixel_values=torch.cat(streamer.pixel_values[i]),
+                       image_grid_thw=torch.cat(streamer.grids[i]))
     return token_logprobs(logits, ids, temperature)[0]
 
 
@@ -65,7 +67,7 @@ def test_forced_stream_is_the_rendered_dialogue(setup):
     for k in range(4):
         s.step(frames[2 * k:2 * k + 2], QUESTION if k == 0 else None, reply=replies[k])
     row = s.rows[0]
-    tpf = int(s.grids[0][0].prod()) // 4
+    tpf = int(s.grids[0][0][0].prod()) // 4  # row 0, first turn, first frame
     turns = [Turn(2.0 * (k + 1), 2, QUESTION if k == 0 else None, r) for k, r in enumerate(replies)]
     ids, mask = render_dialogue(tok, turns, tpf)
     assert row.ids == ids.tolist()
@@ -87,7 +89,7 @@ def test_stream_equals_full_forward(setup):
             assert all(row.sampled[k:end + (0 if capped else 1)])
             assert not row.sampled[k - 1] and (end + 1 == len(row.ids) or not row.sampled[end + 1])
     # Every sampled token's log-prob from the cached stream equals the one from a single full forward.
-    full = full_forward_logprobs(model, row, s, 1.0)
+    full = full_forward_logprobs(model, s, 0, 1.0)
     sampled = torch.tensor(row.sampled)
     assert sampled.sum() >= 4
     torch.testing.assert_close(full[sampled], torch.tensor(row.logprobs)[sampled], atol=1e-4, rtol=0)
@@ -106,9 +108,50 @@ def test_group_rows_equal_single_runs(setup):
     assert len(lengths) > 1, "rows should end their replies at different lengths in this test"
     # each row of the group also matches a full forward over its own sequence
     row = group.rows[2]
-    full = full_forward_logprobs(model, row, group, 1.0)
+    full = full_forward_logprobs(model, group, 2, 1.0)
     sampled = torch.tensor(row.sampled)
     torch.testing.assert_close(full[sampled], torch.tensor(row.logprobs)[sampled], atol=1e-4, rtol=0)
+
+
+def test_concatenated_groups_equal_separate_groups(setup):
+    """Two RL groups on different videos (different context lengths, one video shorter) played as one batch
+    through concat + step_rows sample exactly what each group samples alone, and re-score like a full forward."""
+    model, tok, frames = setup
+    other = [f[::-1].copy() for f in frames[:6]]  # a second, shorter video
+    cfg = StreamConfig(max_new_tokens=5, temperature=1.0, top_k=20)
+
+    def group(video, seed, context_turns):
+        s = Streamer(model, tok, cfg, seed=seed)
+        for k in range(context_turns):
+            s.step(video[2 * k:2 * k + 2], QUESTION if k == 0 else None, reply=NO_REPLY)
+        s.expand(2)
+        return s
+
+    def play_alone(video, seed, context_turns):
+        s = group(video, seed, context_turns)
+        for k in range(context_turns, len(video) // 2):
+            s.step(video[2 * k:2 * k + 2])
+        return s
+
+    videos, contexts = (frames, other), (1, 2)
+    batch = Streamer.concat([group(v, 100 * j, c) for j, (v, c) in enumerate(zip(videos, contexts))])
+    turn = list(contexts)  # each row's next turn index, rows 0-1 on video 0, rows 2-3 on video 1
+    while any(t < len(v) // 2 for t, v in zip(turn, videos)):
+        per_row = [videos[r // 2][2 * turn[r // 2]:2 * turn[r // 2] + 2] if turn[r // 2] < len(videos[r // 2]) // 2
+                   else None for r in range(4)]
+        batch.step_rows(per_row, [None] * 4, [None] * 4)
+        turn = [t + 1 for t in turn]
+    for j, (v, c) in enumerate(zip(videos, contexts)):
+        alone = play_alone(v, 100 * j, c)
+        for g in range(2):
+            row, ref = batch.rows[2 * j + g], alone.rows[g]
+            assert row.ids == ref.ids and row.sampled == ref.sampled and row.turns == ref.turns
+            np.testing.assert_allclose(row.logprobs, ref.logprobs, atol=1e-4)
+    assert batch.rows[2].turns[-1][0] == 6.0 and batch.rows[0].turns[-1][0] == 8.0  # each row keeps its clock
+    full = full_forward_logprobs(model, batch, 3, 1.0)
+    sampled = torch.tensor(batch.rows[3].sampled)
+    assert sampled.sum() >= 2
+    torch.testing.assert_close(full[sampled], torch.tensor(batch.rows[3].logprobs)[sampled], atol=1e-4, rtol=0)
 
 
 def test_context_replies_are_forced_not_sampled(setup):
