@@ -50,7 +50,8 @@ def draw_timeline(path, duration, replies, spans, title="", rows=None):
 
 
 def draw_curves(path, series, title="", xlabel="step"):
-    """Line plot of {name: [(x, y), ...]}; each series gets its own y range, labelled at the left."""
+    """Line plot of {name: [(x, y), ...]}, one panel per series with its own y range (labelled at the left)
+    and a shared x axis from 0 (labelled under each panel)."""
     width, height, left, top, bottom = 900, 120 + 160 * len(series), 80, 30, 30
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
@@ -60,6 +61,7 @@ def draw_curves(path, series, title="", xlabel="step"):
         y0, y1 = top + k * panel + 10, top + (k + 1) * panel - 10
         d.rectangle([left, y0, width - 20, y1], outline="grey")
         d.text((5, y0), name[:11], fill="black")
+        d.text((5, y0 + 28), name[11:22], fill="black")
         if not pts:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -73,5 +75,7 @@ def draw_curves(path, series, title="", xlabel="step"):
         d.line([(px(a), py(b)) for a, b in pts], fill=COLOURS[k % len(COLOURS)], width=2)
         for a, b in pts[-1:]:
             d.text((px(a) - 40, py(b) - 14), f"{b:.3g}", fill="black")
+        d.text((left - 3, y1 + 2), "0", fill="black")
+        d.text((width - 20 - 6 * len(f"{xmax:g}"), y1 + 2), f"{xmax:g}", fill="black")
     d.text((width // 2, height - 20), xlabel, fill="black")
     _save(img, path)
