@@ -134,7 +134,7 @@ def main():
 
     # ---- loop -------------------------------------------------------------------------------------------
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    log = open(os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "sft_log.jsonl"), "a") if par.main else None
+    log = open(cfg.out.rstrip("/") + "_log.jsonl", "a") if par.main else None  # runs/toy/sft -> sft_log.jsonl
     t0 = time.time()
     while step < cfg.steps:
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.schedule)
