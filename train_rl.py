@@ -79,6 +79,7 @@ class RLConfig:
     judge_model: str = ""              # model name served there
     lora_rank: int = 0                 # 0 = full fine-tuning
     lora_alpha: float = 32.0           # LoRA scale is alpha / rank
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # decoder linears to adapt
     grad_checkpointing: bool = False   # recompute decoder layers in backward to save memory
     eval_every: int = 20               # steps between val PAUC runs (the best is kept)
     eval_examples: int = 60            # val questions per PAUC run
@@ -203,7 +204,7 @@ def main():
     model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
     check_token_ids(model.config, tok)
     if cfg.lora_rank:
-        apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets.split(",")))
     model.model.gradient_checkpointing = cfg.grad_checkpointing
     ref = None
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy, only when the KL switch is on

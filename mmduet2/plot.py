@@ -61,7 +61,7 @@ def draw_curves(path, series, title="", xlabel="step"):
         y0, y1 = top + k * panel + 10, top + (k + 1) * panel - 10
         d.rectangle([left, y0, width - 20, y1], outline="grey")
         d.text((5, y0), name[:11], fill="black")
-        d.text((5, y0 + 28), name[11:22], fill="black")
+        d.text((5, y0 + 12), name[11:22], fill="black")
         if not pts:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -70,7 +70,7 @@ def draw_curves(path, series, title="", xlabel="step"):
         xmax = max(max(xs), 1)
         px = lambda v: left + (width - 20 - left) * v / xmax
         py = lambda v: y1 - (y1 - y0) * (v - lo) / (hi - lo)
-        d.text((5, y0 + 14), f"{hi:.3g}", fill="black")
+        d.text((5, y0 + 28), f"{hi:.3g}", fill="black")
         d.text((5, y1 - 12), f"{lo:.3g}", fill="black")
         d.line([(px(a), py(b)) for a, b in pts], fill=COLOURS[k % len(COLOURS)], width=2)
         for a, b in pts[-1:]:

@@ -140,3 +140,18 @@ def test_data_parallel_rl_runs(data, tmp_path):
     assert log.count("step 2 ") == 1  # process 0 alone logs
     assert (tmp_path / "rl_last" / "trainer_state.pt").exists()
     assert len(open(tmp_path / "rl_log.jsonl").readlines()) == 2
+
+
+def test_rl_with_lora_changes_only_the_targets(data, tmp_path):
+    """RL with --lora-rank saves a plain hub checkpoint (adapters merged) that differs from the SFT model only
+    in the targeted projections."""
+    sft = tmp_path / "sft"
+    run("train_sft.py", "--data", data, "--out", str(sft), *TINY_SFT)
+    run("train_rl.py", "--data", data, "--sft", str(sft), "--out", str(tmp_path / "rl"), "--steps", "2",
+        "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "5", "--eval-examples", "2",
+        "--max-new-tokens", "6", "--lora-rank", "4", "--lora-targets", "q_proj,v_proj", "--lr", "1e-2")
+    before = MMDuet2.from_pretrained(str(sft)).state_dict()
+    after = MMDuet2.from_pretrained(str(tmp_path / "rl_last")).state_dict()
+    assert set(before) == set(after)  # no lora_A / lora_B keys: merged on save
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), sorted(changed)
