@@ -134,14 +134,14 @@ def rollout(model, tok, split, prompts, rng, cfg, reward_fn):
                     "question": rec["questions"][a["question"]]["text"]}
                    for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
         context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
-        for g in range(g_size):
-            r = p * g_size + g
-            row, turns = batch.rows[r], batch.rows[r].turns[len(ctx):]
+        # the G rows of a group saw the same frames: concatenate them once
+        pixel_values, grids = torch.cat(batch.pixel_values[p * g_size]), torch.cat(batch.grids[p * g_size])
+        for g, row in enumerate(batch.rows[p * g_size:(p + 1) * g_size]):
+            turns = row.turns[len(ctx):]
             total, comps = reward_fn(turns, answers, context_replies)
             episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
-                                         turns=turns, reward=total, components=comps,
-                                         pixel_values=torch.cat(batch.pixel_values[r]),
-                                         image_grid_thw=torch.cat(batch.grids[r]), answers=answers))
+                                         turns=turns, reward=total, components=comps, pixel_values=pixel_values,
+                                         image_grid_thw=grids, answers=answers))
     return episodes
 
 
@@ -159,11 +159,9 @@ def reply_delay(ep):
 def curves(history, window=10):
     """The plotted series: reward as a running mean over `window` steps (one step is noisy), val PAUC and val
     duplicate % at each validation."""
-    r = history["reward"]
-    mean = [(s, sum(v for _, v in r[max(0, k - window + 1):k + 1]) / len(r[max(0, k - window + 1):k + 1]))
-            for k, (s, _) in enumerate(r)]
-    return {f"reward ({window}-step mean)": mean, "val PAUC": history["val_pauc"],
-            "val dup %": history.get("val_dup", [])}  # .get: older checkpoints lack it
+    values = [v for _, v in history["reward"]]
+    mean = [(s, float(np.mean(values[max(0, k - window + 1):k + 1]))) for k, (s, _) in enumerate(history["reward"])]
+    return {f"reward ({window}-step mean)": mean, "val PAUC": history["val_pauc"], "val dup %": history["val_dup"]}
 
 
 def main():
@@ -232,7 +230,7 @@ def main():
     def validate_and_keep_best():
         m = validate()
         history["val_pauc"].append((step, m["pauc"]))
-        history.setdefault("val_dup", []).append((step, 100 * m["duplicate_ratio"]))
+        history.setdefault("val_dup", []).append((step, 100 * m["duplicate_ratio"]))  # older checkpoints lack it
         if m["pauc"] > history["best"][1]:
             history["best"] = (step, m["pauc"])
             save(cfg.out)

@@ -85,8 +85,8 @@ def main():
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
                 texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
-        tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512).tk.to_str())  # one tokenizer for all
-        tok = Tokenizer(HFTokenizer.from_str(tok))
+        spec = train_toy_tokenizer(texts, vocab_size=512).tk.to_str() if par.main else None
+        tok = Tokenizer(HFTokenizer.from_str(par.from_main(spec)))  # process 0's tokenizer on every process
 
     # ---- model ------------------------------------------------------------------------------------------
     if resume or cfg.init:

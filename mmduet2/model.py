@@ -251,13 +251,13 @@ class KVCache:
         """Stack caches row-wise (several RL groups into one batch). Each row keeps its slots and positions; a
         cache shorter than the longest is padded with invalid slots, so all rows go on from one shared length."""
         cap = max(c.capacity for c in caches)
-        pad = lambda x, value=0: F.pad(x, (0, 0, 0, cap - x.shape[2])) if x.dim() == 4 else \
-            F.pad(x, (0, cap - x.shape[1]), value=value)
+        slots = lambda x: F.pad(x, (0, 0, 0, cap - x.shape[2]))                    # (B, H, S, D) keys / values
+        flags = lambda x, value: F.pad(x, (0, cap - x.shape[1]), value=value)   # (B, S) validity / positions
         out = cls.__new__(cls)
-        out.k = [torch.cat([pad(c.k[i]) for c in caches]) for i in range(len(caches[0].k))]
-        out.v = [torch.cat([pad(c.v[i]) for c in caches]) for i in range(len(caches[0].v))]
-        out.valid = torch.cat([pad(c.valid, False) for c in caches])
-        out.pos = torch.cat([pad(c.pos, -1) for c in caches])
+        out.k = [torch.cat([slots(c.k[i]) for c in caches]) for i in range(len(caches[0].k))]
+        out.v = [torch.cat([slots(c.v[i]) for c in caches]) for i in range(len(caches[0].v))]
+        out.valid = torch.cat([flags(c.valid, False) for c in caches])
+        out.pos = torch.cat([flags(c.pos, -1) for c in caches])
         out.next_pos = torch.cat([c.next_pos for c in caches])
         out.length = max(c.length for c in caches)
         return out

@@ -189,8 +189,8 @@ class Parallel:
 
     def close(self):
         """Wait for every process, then leave the process group (at the end of a run)."""
+        self.barrier()
         if self.world > 1:
-            dist.barrier()
             dist.destroy_process_group()
 
     def from_main(self, obj):
