@@ -4,8 +4,13 @@ Videos are 112x112 px mp4 at 4 fps, 16-24 s long, a dark noisy background on whi
 square, triangle; red, green, blue, yellow) appear, drift slowly and vanish, each visible 4-10 s; sometimes one
 changes colour mid-life, which ends a visible span of the old colour and starts one of the new colour. Questions
 ask about one colour or one shape ("Tell me every time a red shape appears."); every matching appearance is a
-gold answer ("A red circle appeared.") with related_timespan [appear, vanish] and reply_timespan
-[appear, min(vanish + 1, duration)], the rest are distractors. Half the dialogues are 1QnA (one question at 0),
+gold answer ("A red circle appeared.") with related_timespan [appear, event_end] and reply_timespan
+[appear, min(event_end + 1, duration)], the rest are distractors. event_end is drawn between 2 s after the
+appearance and the vanishing, as human annotators end an event's span at different moments. Because it is not
+visible in the video, SFT data that places each reply at its span's end (METHOD 3) holds replies followed by turns
+where the object is still on screen and the answer is NO REPLY: only the reply already given tells the model to
+stay silent. With event_end = vanish (version 4) nothing ever asked the model to remember what it had said, and
+after RL moved replies earlier it repeated them when the object left. Half the dialogues are 1QnA (one question at 0),
 half nQnA (2-3 questions; one asked mid-video first gets an immediate answer, "A red circle is visible." or
 "Nothing yet.", then covers the appearances that start before the next question). This is the toy stand-in for
 the paper's data (METHOD.md sections 1 and 4); it is not from the paper. In nQnA, questions come at odd seconds
@@ -32,7 +37,7 @@ from PIL import Image, ImageDraw
 
 from .video import write_video
 
-VERSION = 4
+VERSION = 5
 SIZE, FPS = 56, 4                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
@@ -48,6 +53,10 @@ class Segment:
     colour: str
     start: int                          # on screen for start <= t < end (whole seconds)
     end: int
+    event_end: int = None               # annotated end of the appearance event (see `annotate`); None = end
+
+    def __post_init__(self):
+        self.event_end = self.end if self.event_end is None else self.event_end
 
 
 @dataclass
@@ -143,6 +152,13 @@ def make_scene(rng, kind):
     return scene
 
 
+def annotate(rng, scene):
+    """Draw where the annotator ends each appearance event: 2 s after it starts at the earliest, at the vanishing
+    at the latest. Its own generator, so the videos do not depend on it."""
+    for s in (s for o in scene.objects for s in o.segments):
+        s.event_end = int(rng.integers(min(s.start + 2, s.end), s.end + 1))
+
+
 def _gold(scene):
     """The scene's answers, in the training-dialogue format (see the module docstring)."""
     answers, d = [], scene.duration
@@ -158,8 +174,8 @@ def _gold(scene):
         for o, s in appearances:
             if q < s.start < q_next and matches(target, s.colour, o.shape):
                 answers.append({"question": j, "content": f"A {s.colour} {o.shape} appeared.",
-                                "related_timespan": [s.start, min(s.end, end)],
-                                "reply_timespan": [s.start, min(s.end + 1, end)]})
+                                "related_timespan": [s.start, min(s.event_end, end)],
+                                "reply_timespan": [s.start, min(s.event_end + 1, end)]})
     return answers
 
 
@@ -196,6 +212,7 @@ def make_example(seed, split, i):
     rng = np.random.default_rng([seed, SPLITS[split], i])
     kind = "1qna" if i % 2 == 0 else "nqna"
     scene = make_scene(rng, kind)
+    annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene)
     name = f"{split}_{i:05d}"
     record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
               "kind": kind, "questions": [{"time": float(q), "text": question_text(t)} for q, t in scene.questions],

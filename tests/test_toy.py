@@ -78,6 +78,7 @@ def test_gold_rules_and_balance():
     for i in range(200):
         kind = "1qna" if i % 2 == 0 else "nqna"
         scene = make_scene(np.random.default_rng([5, 0, i]), kind)
+        toy.annotate(np.random.default_rng([5, 0, i, 1]), scene)
         d, qs = scene.duration, scene.questions
         assert 16 <= d <= 24 and qs[0][0] == 0 and (len(qs) == 1) == (kind == "1qna") and len(qs) <= 3
         for t in np.arange(0, d, 1 / FPS):
@@ -95,6 +96,9 @@ def test_gold_rules_and_balance():
             s, e = a["related_timespan"]
             assert q < s < q_next and a["reply_timespan"] == [s, min(e + 1, d, q_next - 1)]
             _, colour, shape, _ = a["content"].split()
+            segs = [g for o in scene.objects for g in o.segments if (g.start, g.colour, o.shape) == (s, colour, shape)]
+            assert any(e == min(g.event_end, q_next - 1) for g in segs)   # two lanes may show the same thing
+            assert all(min(g.start + 2, g.end) <= g.event_end <= g.end for o in scene.objects for g in o.segments)
             assert colour in COLOURS and shape in toy.SHAPES and qs[a["question"]][1] in (colour, shape)
         n_answers.append(len(gold))
         if kind == "1qna":
