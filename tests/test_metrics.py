@@ -112,3 +112,19 @@ def test_proactive_pauc_edge_cases():
     judge = RecordingJudge({"t": 2})
     res = proactive_pauc(recs, preds, judge)
     assert len(judge.calls) == 2 and res["duplicate_ratio"] == 0.0
+
+
+def test_span_turn_report_on_hand_made_turns():
+    """bench/span_turns.py's bookkeeping: patterns per span, missed spans and the kinds of turns."""
+    from bench.span_turns import span_report
+    rec = {"question_id": "q", "answer": [{"reply_timespan": [3, 9]}, {"reply_timespan": [13, 17]},
+                                          {"reply_timespan": [18, 19]}]}
+    turns = [(4, None, 0.9), (8, "A red circle appeared.", 0.2),           # span 1: `.R`
+             (12, "A blue square appeared.", 0.3),                          # outside, just before span 2
+             (16, None, 0.8),                                               # span 2: `.`, missed; span 3 holds no turn
+             (20, "A red square appeared.", 0.4)]                           # outside, just after span 3
+    patterns, missed, kinds = span_report([rec], {"q": turns})
+    assert patterns == {(2, ".R"): 1, (1, "."): 1, (0, ""): 1}
+    assert missed == {"both": 1, "turn after": 1}     # span 2: replies at 12 and 20; span 3: at 20 only
+    assert kinds["first turn"] == [(0.9, True), (0.8, True)] and kinds["later, no reply yet"] == [(0.2, False)]
+    assert kinds["outside every span"] == [(0.3, False), (0.4, False)] and not kinds["later, after a reply"]
