@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer as HFTokenizer
 
 from mmduet2.config import preset
 from mmduet2.dialogue import SYSTEM_PROMPT
@@ -85,8 +84,8 @@ def main():
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
                 texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
-        spec = train_toy_tokenizer(texts, vocab_size=512).tk.to_str() if par.main else None
-        tok = Tokenizer(HFTokenizer.from_str(par.from_main(spec)))  # process 0's tokenizer on every process
+        # trained by process 0 alone, then sent to the others
+        tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512) if par.main else None)
 
     # ---- model ------------------------------------------------------------------------------------------
     if resume or cfg.init:
