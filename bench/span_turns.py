@@ -1,12 +1,16 @@
 """When does a checkpoint speak inside the gold spans? Greedy streams over a ProactiveVideoQA split, turn by turn.
 
-Prints, per checkpoint, two tables behind the README's "What RL changed, span by span":
+Prints, per checkpoint, three tables behind the README's "What RL changed, span by span":
   1. per gold span, which of its turns carry a reply (R) or are silent (.), counted by pattern: `.R` is a late
      answer, `R.` an early one, `RR` an answer followed by another (a duplicate when the text is the same);
      and how many spans get no reply, split by whether the model spoke on the turn just before or after it;
   2. the mean probability of `NO REPLY` (its first token) on each kind of turn: a span's first turn, a later
      turn before any reply in that span, a later turn after one, and turns outside every span. A model that
-     remembers what it said puts a high probability on silence after a reply.
+     remembers what it said puts a high probability on silence after a reply;
+  3. how much of the PAUC is timing: the PAUC of the streamed replies, of the same replies moved to the first
+     turn of their span (what perfect timing alone would add), and of the gold answers given on every span's
+     first turn and on its last turn (the ceiling of the benchmark at this frame rate, and where a model that
+     answers at the span end, as SFT data teaches, would sit).
 
     python -m bench.span_turns --checkpoint sft=runs/toy/sft --checkpoint rl=runs/toy/rl
 """
@@ -19,6 +23,8 @@ import statistics
 import torch
 
 from mmduet2.dialogue import NO_REPLY
+from mmduet2.judges import RuleJudge
+from mmduet2.metrics import proactive_pauc
 from mmduet2.stream import StreamConfig, Streamer, load_checkpoint
 from mmduet2.video import read_frames
 
@@ -66,6 +72,29 @@ def span_report(records, turns_of):
     return patterns, missed, p_silent
 
 
+def timing_headroom(records, turns_of, judge):
+    """PAUC (omega 0.5) of: the streamed replies; each span's first reply moved to the span's first turn; the gold
+    answer on every span's first turn; and on its last turn. Spans holding no turn get no reply in any of them."""
+    streamed, moved, first, last = {}, {}, {}, {}
+    for rec in records:
+        qid, turns = rec["question_id"], turns_of[rec["question_id"]]
+        streamed[qid] = [{"time": t, "content": r} for t, r, _ in turns if r is not None]
+        moved[qid], first[qid], last[qid] = [], [], []
+        for ans in rec["answer"]:
+            start, end = ans["reply_timespan"]
+            inside = [(t, r) for t, r, _ in turns if start <= t <= end]
+            if not inside:
+                continue
+            said = [r for _, r in inside if r is not None]
+            if said:
+                moved[qid].append({"time": inside[0][0], "content": said[0]})
+            first[qid].append({"time": inside[0][0], "content": ans["content"]})
+            last[qid].append({"time": inside[-1][0], "content": ans["content"]})
+    return {name: proactive_pauc(records, preds, judge)["pauc"] for name, preds in
+            (("streamed", streamed), ("moved to first turn", moved), ("gold on first turn", first),
+             ("gold on last turn", last))}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", help="NAME=DIR, repeatable (default: the toy's sft and rl)")
@@ -77,7 +106,7 @@ def main():
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint or ["sft=runs/toy/sft", "rl=runs/toy/rl"])
     with open(args.gold) as f:
         records = json.load(f)
-    cfg = StreamConfig(args.frames_per_turn, args.frame_interval)
+    cfg, judge = StreamConfig(args.frames_per_turn, args.frame_interval), RuleJudge()
     videos = {r["video"]: read_frames(os.path.join(args.video_root, r["video"]), cfg.frame_interval)[0]
               for r in records}
     for name, path in checkpoints.items():
@@ -96,6 +125,7 @@ def main():
                 continue
             print(f"  P(NO REPLY) {kind:<22} {statistics.mean(q for q, _ in ps):.2f} over {len(ps)} turns, "
                   f"silent {sum(s for _, s in ps) / len(ps):.0%}")
+        print("  PAUC " + ", ".join(f"{k} {v:.2f}" for k, v in timing_headroom(records, turns_of, judge).items()))
 
 
 if __name__ == "__main__":

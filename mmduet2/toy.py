@@ -10,7 +10,9 @@ appearance and the vanishing, as human annotators end an event's span at differe
 visible in the video, SFT data that places each reply at its span's end (METHOD 3) holds replies followed by turns
 where the object is still on screen and the answer is NO REPLY: only the reply already given tells the model to
 stay silent. With event_end = vanish (version 4) nothing ever asked the model to remember what it had said, and
-after RL moved replies earlier it repeated them when the object left. Half the dialogues are 1QnA (one question at 0),
+after RL moved replies earlier it repeated them when the object left. `--end-at-vanish P` ends a share P of the
+events at the vanishing again (an experiment in the README: SFT then answers late, as the paper's SFT model
+does, and RL gains more PAUC but repeats itself). Half the dialogues are 1QnA (one question at 0),
 half nQnA (2-3 questions; one asked mid-video first gets an immediate answer, "A red circle is visible." or
 "Nothing yet.", then covers the appearances that start before the next question). This is the toy stand-in for
 the paper's data (METHOD.md sections 1 and 4); it is not from the paper. In nQnA, questions come at odd seconds
@@ -152,11 +154,14 @@ def make_scene(rng, kind):
     return scene
 
 
-def annotate(rng, scene):
+def annotate(rng, scene, end_at_vanish=0.0):
     """Draw where the annotator ends each appearance event: 2 s after it starts at the earliest, at the vanishing
-    at the latest. Its own generator, so the videos do not depend on it."""
+    at the latest; with probability end_at_vanish at the vanishing. Its own generator, so the videos do not
+    depend on it (nor, with end_at_vanish 0, the span ends on the extra draw)."""
     for s in (s for o in scene.objects for s in o.segments):
         s.event_end = int(rng.integers(min(s.start + 2, s.end), s.end + 1))
+        if end_at_vanish and rng.random() < end_at_vanish:
+            s.event_end = s.end
 
 
 def _gold(scene):
@@ -207,12 +212,12 @@ def render(scene, rng):
     return [draw_frame(scene, j / FPS, background) for j in range(scene.duration * FPS)]
 
 
-def make_example(seed, split, i):
+def make_example(seed, split, i, end_at_vanish=0.0):
     """Example i of a split: (scene, rendered frames, training-dialogue record). Same arguments, same output."""
     rng = np.random.default_rng([seed, SPLITS[split], i])
     kind = "1qna" if i % 2 == 0 else "nqna"
     scene = make_scene(rng, kind)
-    annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene)
+    annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene, end_at_vanish)
     name = f"{split}_{i:05d}"
     record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
               "kind": kind, "questions": [{"time": float(q), "text": question_text(t)} for q, t in scene.questions],
@@ -244,14 +249,14 @@ def to_proactive(record):
 # ---------------------------------------------------------------------------------------------------------
 # Export
 
-def generate(out_dir, train=400, val=120, test=240, seed=0, log=print):
+def generate(out_dir, train=400, val=120, test=240, seed=0, log=print, end_at_vanish=0.0):
     """Write the whole dataset into `out_dir` (which should be new; ensure_toy_data makes that atomic)."""
     t0, sizes, stats = time.time(), {"train": train, "val": val, "test": test}, {}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     for split, n in sizes.items():
         records = []
         for i in range(n):
-            _, frames, record = make_example(seed, split, i)
+            _, frames, record = make_example(seed, split, i, end_at_vanish)
             write_video(os.path.join(out_dir, record["video"]), frames, FPS)
             records.append(record)
         with open(os.path.join(out_dir, f"{split}.jsonl"), "w") as f:
@@ -265,7 +270,8 @@ def generate(out_dir, train=400, val=120, test=240, seed=0, log=print):
                         "immediate_answers": sum(a.get("immediate", False) for r in records for a in r["answers"])}
         if log:
             log(f"{split}: {n} dialogues, {stats[split]}")
-    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "fps": FPS, "size": SIZE, "task": TASK,
+    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "end_at_vanish": end_at_vanish, "fps": FPS,
+            "size": SIZE, "task": TASK,
             "stats": stats, "seconds": round(time.time() - t0, 1)}
     if log:
         log(f"wrote {sum(sizes.values())} videos in {meta['seconds']} s")
@@ -274,14 +280,16 @@ def generate(out_dir, train=400, val=120, test=240, seed=0, log=print):
     return meta
 
 
-def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, force=False, log=print):
+def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, force=False, log=print,
+                    end_at_vanish=0.0):
     """Generate ShapeWatch into `out_dir` unless it is already there with these settings. Returns out_dir.
 
     The data is written to a temporary sibling folder and renamed into place, so an interrupted run never
     leaves half a dataset. A folder made with other settings is an error unless force=True (then replaced).
     """
     out_dir = os.path.normpath(out_dir)
-    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test}}
+    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test},
+            "end_at_vanish": end_at_vanish}
     meta_path = os.path.join(out_dir, "meta.json")
 
     def have():
@@ -289,7 +297,7 @@ def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, fo
             return None
         with open(meta_path) as f:
             meta = json.load(f)
-        return {k: meta.get(k) for k in want}
+        return {k: meta.get(k, 0.0 if k == "end_at_vanish" else None) for k in want}
 
     found = have()
     if found == want and not force:
@@ -302,7 +310,7 @@ def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, fo
     try:
         if log:
             log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
-        generate(tmp, train, val, test, seed, log)
+        generate(tmp, train, val, test, seed, log, end_at_vanish)
         if os.path.isdir(out_dir):
             os.rename(out_dir, old)
         try:
@@ -323,10 +331,15 @@ def main():
     p.add_argument("--val", type=int, default=120, help="validation dialogues")
     p.add_argument("--test", type=int, default=240, help="test dialogues (the 1QnA half is the benchmark)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same data")
+    p.add_argument("--end-at-vanish", type=float, default=0.0,
+                   help="share of appearance events annotated to end at the vanishing (README: an experiment)")
     p.add_argument("--force", action="store_true", help="replace an existing folder made with other settings")
     args = p.parse_args()
     try:
-        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force)
+        if not 0.0 <= args.end_at_vanish <= 1.0:
+            raise ValueError(f"--end-at-vanish {args.end_at_vanish} is not a share: give a number from 0 to 1.")
+        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force,
+                        end_at_vanish=args.end_at_vanish)
     except ValueError as e:
         raise SystemExit(str(e))
     with open(os.path.join(args.out, "meta.json")) as f:

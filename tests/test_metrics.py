@@ -1,6 +1,7 @@
 """PAUC against hand-computed values (METHOD 4's check values and a small benchmark worked out by hand)."""
 import pytest
 
+from mmduet2.judges import RuleJudge
 from mmduet2.metrics import pauc_area, proactive_pauc, prune_extra_second
 
 
@@ -128,3 +129,19 @@ def test_span_turn_report_on_hand_made_turns():
     assert missed == {"both": 1, "turn after": 1}     # span 2: replies at 12 and 20; span 3: at 20 only
     assert kinds["first turn"] == [(0.9, True), (0.8, True)] and kinds["later, no reply yet"] == [(0.2, False)]
     assert kinds["outside every span"] == [(0.3, False), (0.4, False)] and not kinds["later, after a reply"]
+
+
+def test_timing_headroom_on_hand_made_turns():
+    """bench/span_turns.py: the late reply moved to the span's first turn scores what the gold there scores."""
+    from bench.span_turns import timing_headroom
+    rec = {"question_id": "q", "conversation": [{"role": "user", "content": "Tell me every time a red shape appears.",
+                                                 "time": 0.0}],
+           "answer": [{"content": "A red circle appeared.", "related_timespan": [3, 8], "reply_timespan": [3, 9]},
+                      {"content": "A red square appeared.", "related_timespan": [13, 14], "reply_timespan": [13, 15]}]}
+    turns = [(4, None, 0.9), (8, "A red circle appeared.", 0.2), (12, None, 0.9), (16, None, 0.9)]
+    # span 1 (L = 6, S = 2): a right reply at 8 s gives x = 2.5, area 0.5 * 2.5 + 3.5 * 2 = 8.25 -> 0.6875;
+    # at 4 s x = 0.5, area 11.25 -> 0.9375. Span 2 holds no turn: 0.25 in every row.
+    got = timing_headroom([rec], {"q": turns}, RuleJudge())
+    late, early = 100 * (0.6875 + 0.25) / 2, 100 * (0.9375 + 0.25) / 2
+    assert got == pytest.approx({"streamed": late, "moved to first turn": early, "gold on first turn": early,
+                                 "gold on last turn": late})

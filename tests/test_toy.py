@@ -146,6 +146,8 @@ def test_ensure_toy_data_is_atomic_and_idempotent(tmp_path, monkeypatch):
     ensure_toy_data(out, **sizes, log=None)
     with pytest.raises(ValueError, match="toy already holds other data.*delete it"):
         ensure_toy_data(out, train=5, val=2, test=4, seed=3, log=None)
+    with pytest.raises(ValueError, match="already holds other data"):
+        ensure_toy_data(out, **sizes, end_at_vanish=0.5, log=None)
 
     def interrupted(tmp, *a, **k):                  # a crash mid-generation leaves nothing behind
         os.makedirs(os.path.join(tmp, "videos"))
@@ -167,3 +169,21 @@ def test_cli(tmp_path):
     run = subprocess.run([sys.executable, "-m", "mmduet2.toy", "--out", out, "--train", "3"],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "already holds other data" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_end_at_vanish_moves_only_the_annotated_span_ends():
+    def looks(scene):
+        return [(o.shape, o.p0, [(g.colour, g.start, g.end) for g in o.segments]) for o in scene.objects]
+
+    at_vanish = []
+    for i in range(100):
+        plain, moved, always = (make_scene(np.random.default_rng([5, 0, i]), "1qna") for _ in range(3))
+        toy.annotate(np.random.default_rng([5, 0, i, 1]), plain)
+        toy.annotate(np.random.default_rng([5, 0, i, 1]), moved, end_at_vanish=0.5)
+        toy.annotate(np.random.default_rng([5, 0, i, 1]), always, end_at_vanish=1.0)
+        assert looks(plain) == looks(moved) == looks(always)          # same videos
+        segs = [g for o in moved.objects for g in o.segments]
+        assert all(min(g.start + 2, g.end) <= g.event_end <= g.end for g in segs)
+        assert all(g.event_end == g.end for o in always.objects for g in o.segments)
+        at_vanish += [g.event_end == g.end for g in segs]
+    assert 0.5 < np.mean(at_vanish) < 0.8                             # half by the coin, some by the uniform draw
