@@ -194,9 +194,10 @@ def main():
     # ---- model ------------------------------------------------------------------------------------------
     # cfg.out holds the policy with the best val PAUC so far (what eval.py reads); cfg.out + "_last" holds the
     # latest step with its optimizer state, for --resume. Small on-policy runs can drift into silence late, so
-    # the model is selected on the val split, never on test.
+    # the model is selected on the val split, never on test. LoRA never changes the base weights, so a LoRA run
+    # resumes from the SFT weights plus the adapters saved in trainer_state.pt.
     last_dir = cfg.out.rstrip("/") + "_last"
-    src = last_dir if resume else cfg.sft
+    src = last_dir if resume and not cfg.lora_rank else cfg.sft
     if not os.path.exists(os.path.join(src, "config.json")):
         sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
     model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
@@ -206,13 +207,22 @@ def main():
     model.model.gradient_checkpointing = cfg.grad_checkpointing
     ref = None
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy, only when the KL switch is on
-        ref = MMDuet2.from_pretrained(src).to(device).eval().requires_grad_(False)
+        ref = MMDuet2.from_pretrained(cfg.sft).to(device).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     net = par.wrap(model)  # what the update's forward/backward go through (DDP under torchrun)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history = 0, {"reward": [], "val_pauc": [], "val_dup": [], "best": (0, -1.0)}
     if resume:
         step, history = load_trainer_state(last_dir, optimizer)
+        adapters = history.pop("lora", None)
+        if bool(adapters) != bool(cfg.lora_rank):
+            sys.exit(f"{last_dir} was saved by a run {'with' if adapters else 'without'} LoRA: resume it with the "
+                     "same --lora-rank (and targets) it was started with.")
+        if adapters:
+            missing = model.load_state_dict(adapters, strict=False).missing_keys
+            if {k for k in missing if ".lora_" in k} or set(adapters) - set(model.state_dict()):
+                sys.exit(f"the adapters in {last_dir} do not fit --lora-targets {cfg.lora_targets}: resume with the "
+                         "targets the run was started with.")
     eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
     video_root = cfg.data
 
@@ -222,10 +232,13 @@ def main():
         return score(val_records, preds, bench_judge)
 
     def save(path):
-        # With LoRA the saved checkpoint is a merged, plain hub-layout copy; training goes on unmerged.
-        # (Resuming a LoRA run therefore restarts the adapters from the merged weights.)
-        to_save = merge_lora(copy.deepcopy(model)) if cfg.lora_rank else model
-        save_checkpoint(path, to_save, tok, optimizer, step, asdict(cfg), extra=history)
+        # With LoRA the saved checkpoint is a merged, plain hub-layout copy (what eval.py reads) and the adapters
+        # themselves go into trainer_state.pt for --resume; training goes on unmerged.
+        if not cfg.lora_rank:
+            return save_checkpoint(path, model, tok, optimizer, step, asdict(cfg), extra=history)
+        adapters = {k: v.detach().cpu() for k, v in model.state_dict().items() if ".lora_" in k}
+        save_checkpoint(path, merge_lora(copy.deepcopy(model)), tok, optimizer, step, asdict(cfg),
+                        extra={**history, "lora": adapters})
 
     def validate_and_keep_best():
         m = validate()

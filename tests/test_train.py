@@ -91,12 +91,15 @@ def test_toy_chain_smoke(data, tmp_path):
     assert lines[0] == first and len(lines) == 2 and json.loads(lines[1]) == json.loads(second)
 
 
-def test_rl_resume_is_exact(data, tmp_path):
-    """Two RL steps straight, or one step then --resume for the second: same rollouts, same weights."""
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "4", "--lr", "1e-2"], ["--kl-coef", "0.5", "--lr", "1e-2"]],
+                         ids=["full", "lora", "kl"])
+def test_rl_resume_is_exact(data, tmp_path, extra):
+    """Two RL steps straight, or one step then --resume for the second: same rollouts, same weights. With LoRA
+    the adapters come back from trainer_state.pt; with the KL term the reference stays the SFT model."""
     sft = tmp_path / "sft"
     run("train_sft.py", "--data", data, "--out", str(sft), *TINY_SFT)
     common = ["--data", data, "--sft", str(sft), "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "1",
-              "--eval-examples", "2", "--max-new-tokens", "6", "--save-every", "1"]
+              "--eval-examples", "2", "--max-new-tokens", "6", "--save-every", "1", *extra]
     straight, resumed = tmp_path / "a" / "rl", tmp_path / "b" / "rl"
     run("train_rl.py", *common, "--out", str(straight), "--steps", "2")
     run("train_rl.py", *common, "--out", str(resumed), "--steps", "1")
@@ -106,6 +109,7 @@ def test_rl_resume_is_exact(data, tmp_path):
     assert logs[0][2]["reward"] == logs[1][2]["reward"] and logs[0][2]["r_pauc"] == logs[1][2]["r_pauc"]
     a, b = (MMDuet2.from_pretrained(str(p.parent / "rl_last")).state_dict() for p in (straight, resumed))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert logs[0][2]["loss"] == logs[1][2]["loss"] and logs[0][2]["grad_norm"] == logs[1][2]["grad_norm"]
 
 
 def torchrun(script, *args, n=2):
