@@ -38,8 +38,8 @@ from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids
 from mmduet2.tokenizer import Tokenizer
-from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, model_inputs,
-                              parse_config, save_checkpoint, seed_everything)
+from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, loss_positions,
+                              model_inputs, parse_config, save_checkpoint, seed_everything)
 
 
 @dataclass
@@ -286,11 +286,14 @@ def main():
             mask = batch["loss_mask"].to(device)
             with par.no_sync(net, last):  # DDP averages the gradients once, after the last micro-batch
                 with autocast(device):
-                    logp = grpo.token_logprobs(net(**inputs), inputs["input_ids"], cfg.temperature)
+                    pos = loss_positions(mask)  # logits only where a sampled token is predicted
+                    logp = grpo.token_logprobs(net(**inputs, logits_to_keep=pos), inputs["input_ids"],
+                                               cfg.temperature, pos)
                     ref_logp = None
                     if ref is not None:
                         with torch.no_grad():
-                            ref_logp = grpo.token_logprobs(ref(**inputs), inputs["input_ids"], cfg.temperature)
+                            ref_logp = grpo.token_logprobs(ref(**inputs, logits_to_keep=pos), inputs["input_ids"],
+                                                           cfg.temperature, pos)
                 # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
                 loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
                 # Each micro-batch's share of the batch-level aggregate.

@@ -27,8 +27,8 @@ from mmduet2.model import MMDuet2
 from mmduet2.stream import check_token_ids
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
-from mmduet2.training import (Split, autocast, collate, load_trainer_state, lr_at, model_inputs, parse_config,
-                              init_parallel, save_checkpoint, seed_everything, sft_loss)
+from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, loss_positions, lr_at,
+                              model_inputs, parse_config, save_checkpoint, seed_everything, sft_loss)
 
 
 @dataclass
@@ -120,6 +120,10 @@ def main():
         captions = rng.random(n) < (cfg.caption_mix if can_caption else 0.0)
         return collate([split.sample(int(i), tok, caption=bool(c)) for i, c in zip(idx, captions)])
 
+    def batch_loss(module, batch):
+        positions = loss_positions(batch["loss_mask"])  # logits only where the loss is taken
+        return sft_loss(module(**model_inputs(batch, device, model.dtype), logits_to_keep=positions), batch, positions)
+
     @torch.no_grad()
     def val_loss():
         model.eval()
@@ -127,7 +131,7 @@ def main():
         for k in range(0, len(val), cfg.batch_size):
             batch = collate([val.sample(i, tok) for i in range(k, min(k + cfg.batch_size, len(val)))])
             with autocast(device):
-                losses.append(sft_loss(model(**model_inputs(batch, device, model.dtype)), batch).item())
+                losses.append(batch_loss(model, batch).item())
         model.train()
         return sum(losses) / len(losses)
 
@@ -144,7 +148,7 @@ def main():
             batch = batch_at(train, (step * cfg.grad_accum + micro) * par.world + par.rank, cfg.batch_size)
             with par.no_sync(net, last=micro == cfg.grad_accum - 1):
                 with autocast(device):
-                    loss = sft_loss(net(**model_inputs(batch, device, model.dtype)), batch) / cfg.grad_accum
+                    loss = batch_loss(net, batch) / cfg.grad_accum
                 loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()

@@ -85,16 +85,21 @@ def group_advantages(rewards, group_size, normalize_std=True, eps=1e-6):
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-def token_logprobs(logits, input_ids, temperature=1.0):
+def token_logprobs(logits, input_ids, temperature=1.0, positions=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 
     The logit at position t predicts token t + 1, so out[:, t] = log_softmax(logits[:, t - 1] / T)[input_ids[:, t]]
     for t >= 1, and out[:, 0] = 0 (the first token has no prediction; it is never sampled, so keep it masked).
     The result lines up with the sampled mask of the same sequence. logits (B, T, V), input_ids (B, T) -> (B, T).
+    With `positions` (1-D), logits are (B, P, V) at those positions only (`model(..., logits_to_keep=positions)`)
+    and only the tokens at positions + 1 get a log-prob; every other entry of the output is 0.
     """
-    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)  # (B, T-1, V): float32 even under autocast
-    out = logp.gather(-1, input_ids[:, 1:, None].to(logp.device))[..., 0]  # (B, T-1)
-    return F.pad(out, (1, 0))  # (B, T): position 0 holds 0
+    if positions is None:
+        logits, positions = logits[:, :-1], torch.arange(logits.shape[1] - 1)
+    positions = positions.to(logits.device)
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, P, V): float32 even under autocast
+    out = logp.gather(-1, input_ids.to(logp.device)[:, positions + 1, None])[..., 0]  # (B, P)
+    return out.new_zeros(input_ids.shape).index_copy(1, positions + 1, out)  # (B, T)
 
 
 def ppo_loss(logprobs, old_logprobs, advantages, mask, cfg, ref_logprobs=None):

@@ -309,7 +309,9 @@ class MMDuet2(nn.Module):
     def forward(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, cache=None,
                 logits_to_keep=None):
-        """input_ids (B, T) -> logits (B, T, V) float32 (only the last `logits_to_keep` positions if given).
+        """input_ids (B, T) -> logits (B, T, V) float32; only the last `logits_to_keep` positions if it is an int,
+        only the positions it lists if it is a 1-D tensor (training needs logits where a loss is taken only: with
+        Qwen's 151,936-token vocabulary, logits everywhere are the largest tensor of a long video dialogue).
         attention_mask (B, T): 1 real token, 0 padding anywhere. With `cache`, the chunk is appended to it and
         attends to everything cached; its M-RoPE ids continue from `cache.next_pos`."""
         b, t = input_ids.shape
@@ -323,7 +325,9 @@ class MMDuet2(nn.Module):
         else:
             start, mask = cache.append(torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid, pos)
         h = self.model(x, pos, mask, cache, start)
-        if logits_to_keep:
+        if isinstance(logits_to_keep, torch.Tensor):
+            h = h[:, logits_to_keep.to(h.device)]
+        elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h).float()
 

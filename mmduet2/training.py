@@ -107,11 +107,21 @@ def model_inputs(batch, device, dtype):
                 pixel_values=batch["pixel_values"].to(device, dtype), image_grid_thw=batch["image_grid_thw"].to(device))
 
 
-def sft_loss(logits, batch):
-    """Next-token cross-entropy on the positions the loss mask marks (assistant replies and their <|im_end|>)."""
-    target = batch["input_ids"][:, 1:].to(logits.device)
-    mask = batch["loss_mask"][:, 1:].to(logits.device)
-    loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")  # (B, T-1)
+def loss_positions(loss_mask):
+    """The positions whose logits predict a token the loss mask (B, T) marks in any row: t - 1 for each such t.
+    A 1-D tensor for `model(..., logits_to_keep=...)`, so no logits are computed where no loss is taken."""
+    return loss_mask[:, 1:].any(0).nonzero()[:, 0]
+
+
+def sft_loss(logits, batch, positions=None):
+    """Next-token cross-entropy on the positions the loss mask marks (assistant replies and their <|im_end|>).
+    logits (B, T, V) from a full forward, or (B, P, V) at `positions` (from `loss_positions`)."""
+    if positions is None:
+        logits, positions = logits[:, :-1], torch.arange(logits.shape[1] - 1)
+    positions = positions.to(logits.device)
+    target = batch["input_ids"].to(logits.device)[:, positions + 1]
+    mask = batch["loss_mask"].to(logits.device)[:, positions + 1]
+    loss = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")  # (B, P)
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 

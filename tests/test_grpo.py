@@ -63,6 +63,12 @@ def test_token_logprobs_shift_and_temperature():
     lp2 = token_logprobs(logits, ids, 2.0)
     s3 = math.sqrt(3)
     torch.testing.assert_close(lp2, torch.tensor([[0.0, math.log(s3 / (1 + s3)), math.log(1 / (1 + s3))]]))
+    # logits at position 1 only (what `model(..., logits_to_keep=positions)` returns): token 2 alone gets its log-prob
+    part = logits[:, [1]].clone().requires_grad_()
+    lp3 = token_logprobs(part, ids, 1.0, positions=torch.tensor([1]))
+    torch.testing.assert_close(lp3, torch.tensor([[0.0, 0.0, math.log(1 / 4)]]))
+    lp3.sum().backward()
+    torch.testing.assert_close(part.grad, torch.tensor([[[-0.75, 0.75]]]))  # d log softmax_1 / d logits = onehot - p
 
 
 # ---- PPO loss -----------------------------------------------------------------------------------------------

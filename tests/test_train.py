@@ -12,7 +12,7 @@ from mmduet2.config import preset
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import train_toy_tokenizer
 from mmduet2.toy import ensure_toy_data
-from mmduet2.training import Split, collate, model_inputs, sft_loss
+from mmduet2.training import Split, collate, loss_positions, model_inputs, sft_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SFT = ["--steps", "4", "--batch-size", "2", "--eval-every", "2", "--save-every", "2", "--warmup", "1"]
@@ -42,6 +42,12 @@ def test_one_sft_step_lowers_the_loss(data):
     inputs = model_inputs(batch, "cpu", torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = sft_loss(model(**inputs), batch)
+    # logits only where the loss is taken give the same loss (what the training scripts compute)
+    positions = loss_positions(batch["loss_mask"])
+    assert len(positions) < batch["input_ids"].shape[1] / 2
+    part = model(**inputs, logits_to_keep=positions)
+    torch.testing.assert_close(part, model(**inputs)[:, positions])
+    torch.testing.assert_close(sft_loss(part, batch, positions), before)
     before.backward()
     opt.step()
     with torch.no_grad():
