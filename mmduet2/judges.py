@@ -62,12 +62,16 @@ class RuleJudge:
 
     Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
     when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
-    A reply object that contradicts what the question asks about (a blue one for "every time a red shape
-    appears") earns nothing: partial credit is for the attribute the question did not ask, so a policy cannot
-    farm it by naming any object at all (an RL policy found exactly that). A gold naming no object ("Nothing
-    yet.") scores max_score iff the reply names none either.
+    The same scoring the other way round (per reply pair, its best gold pair) caps the result, so wrong objects
+    named beside the right one cost what a wrong claim costs with an LLM judge: a policy that cannot tell the
+    shape must not list them all ("A red circle appeared. A red square appeared." is partly right; an RL policy
+    found that hedge). A reply object that contradicts what the question asks about (a blue one for "every time
+    a red shape appears") is ignored and earns nothing: partial credit is for the attribute the question did not
+    ask, so a policy cannot farm it by naming any object at all (an RL policy found that too). A gold naming no
+    object ("Nothing yet.") scores max_score iff the reply names none either.
     Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
-    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0.
+    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
+    reply "A red circle and a red square" -> min(2, (2 + 1) // 2) = 1.
     """
 
     def __init__(self, max_score=2):
@@ -79,9 +83,14 @@ class RuleJudge:
             reply_pairs = [(c, s) for c, s in reply_pairs if (qc is None or c == qc) and (qs is None or s == qs)]
         if not gold_pairs:
             return self.max_score if not reply_pairs else 0
-        best = [max([(c == gc) + (s == gs) for c, s in reply_pairs], default=0) for gc, gs in gold_pairs]
-        per_pair = [{2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best]
-        return sum(per_pair) // len(per_pair)
+        if not reply_pairs:
+            return 0
+        return min(self._match(gold_pairs, reply_pairs), self._match(reply_pairs, gold_pairs))
+
+    def _match(self, wanted, offered):
+        """Mean over `wanted` pairs of the score of its best match among `offered`, rounded down."""
+        best = [max((c == wc) + (s == ws) for c, s in offered) for wc, ws in wanted]
+        return sum({2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best) // len(best)
 
 
 def rule_repetition_judge(previous_text, new_reply):

@@ -28,7 +28,9 @@ def test_vocab_and_parse_objects():
     ("A red square appeared.", 1, 2), ("Something red.", 1, 2),
     ("A blue circle appeared.", 0, 2),  # blue contradicts the question (red shapes); "q" asks about nothing
     ("A blue square appeared.", 0, 0), ("Nothing yet.", 0, 0),
-    ("A blue square and a red circle appeared.", 2, 4),   # the best pair counts
+    ("A blue square and a red circle appeared.", 2, 2),   # blue is ignored for red shapes, a wrong claim otherwise
+    ("A red circle appeared. A red square appeared.", 1, 3),  # a hedge over shapes: partly right
+    ("A red circle. A red square. A red triangle.", 1, 2),
 ])
 def test_rule_judge_scales(reply, s2, s4):
     gold = "A red circle appeared."
