@@ -182,7 +182,8 @@ def main():
         llm = LLMJudge(cfg.judge_url, cfg.judge_model)
         sim_judge, rep_judge, bench_judge = llm.reward_score, llm.is_repetition, llm.benchmark_score
     else:
-        sim_judge, rep_judge, bench_judge = RuleJudge(max_score=4), rule_repetition_judge, RuleJudge(max_score=2)
+        sim_judge, rep_judge = RuleJudge(max_score=4, precision=True), rule_repetition_judge
+        bench_judge = RuleJudge(max_score=2)
 
     def reward_fn(turns, answers, context_replies):
         return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg)

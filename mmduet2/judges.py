@@ -62,20 +62,22 @@ class RuleJudge:
 
     Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
     when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
-    The same scoring the other way round (per reply pair, its best gold pair) caps the result, so wrong objects
-    named beside the right one cost what a wrong claim costs with an LLM judge: a policy that cannot tell the
-    shape must not list them all ("A red circle appeared. A red square appeared." is partly right; an RL policy
-    found that hedge). A reply object that contradicts what the question asks about (a blue one for "every time
+    With precision=True (the RL reward, which judges each reply alone: METHOD 3) the same scoring the other way
+    round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the right one cost
+    what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all ("A red circle
+    appeared. A red square appeared." is partly right; an RL policy found that hedge). The benchmark judges the
+    accumulated replies of a span (METHOD 4), where an overlapping span's right answer looks like such an extra
+    object, so it keeps precision off. A reply object that contradicts what the question asks about (a blue one for "every time
     a red shape appears") is ignored and earns nothing: partial credit is for the attribute the question did not
     ask, so a policy cannot farm it by naming any object at all (an RL policy found that too). A gold naming no
     object ("Nothing yet.") scores max_score iff the reply names none either.
     Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
     appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
-    reply "A red circle and a red square" -> min(2, (2 + 1) // 2) = 1.
+    reply "A red circle and a red square" -> 2, or with precision min(2, (2 + 1) // 2) = 1.
     """
 
-    def __init__(self, max_score=2):
-        self.max_score = max_score
+    def __init__(self, max_score=2, precision=False):
+        self.max_score, self.precision = max_score, precision
 
     def __call__(self, question, gold, reply):
         gold_pairs, reply_pairs = parse_objects(gold), parse_objects(reply)
@@ -85,7 +87,8 @@ class RuleJudge:
             return self.max_score if not reply_pairs else 0
         if not reply_pairs:
             return 0
-        return min(self._match(gold_pairs, reply_pairs), self._match(reply_pairs, gold_pairs))
+        recall = self._match(gold_pairs, reply_pairs)
+        return min(recall, self._match(reply_pairs, gold_pairs)) if self.precision else recall
 
     def _match(self, wanted, offered):
         """Mean over `wanted` pairs of the score of its best match among `offered`, rounded down."""

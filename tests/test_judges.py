@@ -29,13 +29,13 @@ def test_vocab_and_parse_objects():
     ("A blue circle appeared.", 0, 2),  # blue contradicts the question (red shapes); "q" asks about nothing
     ("A blue square appeared.", 0, 0), ("Nothing yet.", 0, 0),
     ("A blue square and a red circle appeared.", 2, 2),   # blue is ignored for red shapes, a wrong claim otherwise
-    ("A red circle appeared. A red square appeared.", 1, 3),  # a hedge over shapes: partly right
-    ("A red circle. A red square. A red triangle.", 1, 2),
+    ("A red circle appeared. A red square appeared.", 2, 3),  # a hedge over shapes: partly right for the reward
+    ("A red circle. A red square. A red triangle.", 2, 2),
 ])
 def test_rule_judge_scales(reply, s2, s4):
     gold = "A red circle appeared."
     assert RuleJudge(2)("Tell me every time a red shape appears.", gold, reply) == s2
-    assert RuleJudge(max_score=4)("q", gold, reply) == s4
+    assert RuleJudge(max_score=4, precision=True)("q", gold, reply) == s4  # the RL reward's judge
 
 
 def test_rule_judge_gives_no_credit_for_contradicting_the_question():
