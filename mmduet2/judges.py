@@ -67,10 +67,10 @@ class RuleJudge:
     what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all ("A red circle
     appeared. A red square appeared." is partly right; an RL policy found that hedge). The benchmark judges the
     accumulated replies of a span (METHOD 4), where an overlapping span's right answer looks like such an extra
-    object, so it keeps precision off. A reply object that contradicts what the question asks about (a blue one for "every time
-    a red shape appears") is ignored and earns nothing: partial credit is for the attribute the question did not
-    ask, so a policy cannot farm it by naming any object at all (an RL policy found that too). A gold naming no
-    object ("Nothing yet.") scores max_score iff the reply names none either.
+    object, so it keeps precision off. A reply object that contradicts what the question asks about (a blue one
+    for "every time a red shape appears") is ignored and earns nothing: partial credit is for the attribute the
+    question did not ask, so a policy cannot farm it by naming any object at all (an RL policy found that too).
+    A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
     Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
     appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
     reply "A red circle and a red square" -> 2, or with precision min(2, (2 + 1) // 2) = 1.
