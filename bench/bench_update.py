@@ -80,8 +80,9 @@ def main():
         out[variant] = json.loads(run.stdout.strip().splitlines()[-1])
         name = "logits everywhere" if variant == "all" else "logits at sampled positions"
         print(f"  {name:<28} extra peak {out[variant]['extra_peak_gb']:6.2f} GB   step {out[variant]['step_s']:6.2f} s")
-    print(f"  ratio (everywhere / kept): memory {out['all']['extra_peak_gb'] / max(out['kept']['extra_peak_gb'], 1e-9):.1f}x,"
-          f" time {out['all']['step_s'] / out['kept']['step_s']:.1f}x")
+    full, kept = out["all"], out["kept"]
+    print(f"  ratio (everywhere / kept): memory {full['extra_peak_gb'] / max(kept['extra_peak_gb'], 1e-9):.1f}x, "
+          f"time {full['step_s'] / kept['step_s']:.1f}x")
 
 
 if __name__ == "__main__":
