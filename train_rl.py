@@ -220,8 +220,8 @@ def main():
             sys.exit(f"{last_dir} was saved by a run {'with' if adapters else 'without'} LoRA: resume it with the "
                      "same --lora-rank (and targets) it was started with.")
         if adapters:
-            missing = model.load_state_dict(adapters, strict=False).missing_keys
-            if {k for k in missing if ".lora_" in k} or set(adapters) - set(model.state_dict()):
+            loaded = model.load_state_dict(adapters, strict=False)  # the base weights are "missing" by design
+            if loaded.unexpected_keys or any(".lora_" in k for k in loaded.missing_keys):
                 sys.exit(f"the adapters in {last_dir} do not fit --lora-targets {cfg.lora_targets}: resume with the "
                          "targets the run was started with.")
     eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)

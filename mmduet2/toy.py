@@ -271,8 +271,7 @@ def generate(out_dir, train=400, val=120, test=240, seed=0, log=print, end_at_va
         if log:
             log(f"{split}: {n} dialogues, {stats[split]}")
     meta = {"version": VERSION, "seed": seed, "sizes": sizes, "end_at_vanish": end_at_vanish, "fps": FPS,
-            "size": SIZE, "task": TASK,
-            "stats": stats, "seconds": round(time.time() - t0, 1)}
+            "size": SIZE, "task": TASK, "stats": stats, "seconds": round(time.time() - t0, 1)}
     if log:
         log(f"wrote {sum(sizes.values())} videos in {meta['seconds']} s")
     with open(os.path.join(out_dir, "meta.json"), "w") as f:   # written last: its presence means complete
@@ -296,8 +295,8 @@ def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, fo
         if not os.path.exists(meta_path):
             return None
         with open(meta_path) as f:
-            meta = json.load(f)
-        return {k: meta.get(k, 0.0 if k == "end_at_vanish" else None) for k in want}
+            meta = {"end_at_vanish": 0.0, **json.load(f)}  # folders written before the flag existed
+        return {k: meta.get(k) for k in want}
 
     found = have()
     if found == want and not force:
