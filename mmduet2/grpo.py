@@ -85,7 +85,7 @@ def group_advantages(rewards, group_size, normalize_std=True, eps=1e-6):
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-def token_logprobs(logits, input_ids, temperature=1.0, positions=None):
+def token_logprobs(logits, input_ids, temperature=1.0, positions=None, banned=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 
     The logit at position t predicts token t + 1, so out[:, t] = log_softmax(logits[:, t - 1] / T)[input_ids[:, t]]
@@ -93,11 +93,16 @@ def token_logprobs(logits, input_ids, temperature=1.0, positions=None):
     The result lines up with the sampled mask of the same sequence. logits (B, T, V), input_ids (B, T) -> (B, T).
     With `positions` (1-D), logits are (B, P, V) at those positions only (`model(..., logits_to_keep=positions)`)
     and only the tokens at positions + 1 get a log-prob; every other entry of the output is 0.
+    `banned` (1-D ids, `stream.unsayable_ids`) get -inf logits first, as the streamer masks them when sampling, so
+    the update sees the distribution that was sampled; a forced token among them gets -inf, which the loss masks.
     """
     if positions is None:
         logits, positions = logits[:, :-1], torch.arange(logits.shape[1] - 1)
     positions = positions.to(logits.device)
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, P, V): float32 even under autocast
+    logits = logits.float() / temperature
+    if banned is not None:
+        logits = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)  # (B, P, V): float32 even under autocast
     out = logp.gather(-1, input_ids.to(logp.device)[:, positions + 1, None])[..., 0]  # (B, P)
     return out.new_zeros(input_ids.shape).index_copy(1, positions + 1, out)  # (B, T)
 

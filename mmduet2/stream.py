@@ -25,6 +25,7 @@ import torch
 
 from .dialogue import NO_REPLY, SYSTEM_PROMPT, reply_ids, user_chunk_ids
 from .processor import process_images
+from .tokenizer import SPECIAL_TOKENS
 
 
 @dataclass
@@ -47,11 +48,24 @@ class Row:
     turns: list = field(default_factory=list)     # (time, reply text) per assistant turn, NO REPLY included
 
 
-def sample_next(logits, temperature, top_k, generators=None, active=None):
+def unsayable_ids(tok, vocab_size):
+    """(K,) ids a reply may never hold: every special token but <|im_end|> (a sampled <|video_pad|> makes the
+    next chunk's vision tokens miscount, and decoding drops specials, so the text would not say what the cache
+    holds), and the embedding rows past the tokenizer's vocabulary (Qwen pads its 151,665 tokens to 151,936)."""
+    special = {getattr(tok, a) for a in SPECIAL_TOKENS} | {i for i, t in tok.tk.get_added_tokens_decoder().items()
+                                                           if t.special}
+    return torch.tensor(sorted(special - {tok.im_end_id}) + list(range(tok.vocab_size, vocab_size)))
+
+
+def sample_next(logits, temperature, top_k, generators=None, active=None, banned=None):
     """Pick one token per row from logits (B, V); returns (tokens (B,), log-probs (B,) at the temperature).
 
+    `banned` ids (from `unsayable_ids`) get -inf first, in greedy decoding too; the log-probs are those of the
+    masked distribution, which `grpo.token_logprobs(..., banned=...)` recomputes.
     Only `active` rows draw from their generator (one per row), so a row samples the same tokens whether it
     runs alone or in a batch whose other rows finished earlier; inactive rows get the argmax."""
+    if banned is not None:
+        logits = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
     tokens = logits.argmax(-1)
     if temperature <= 0:
         return tokens, torch.zeros(tokens.shape, dtype=torch.float32)
@@ -78,6 +92,7 @@ class Streamer:
         self.model, self.tok, self.cfg = model, tokenizer, cfg or StreamConfig()
         self.system_prompt = system_prompt
         self.device = next(model.parameters()).device
+        self.banned = unsayable_ids(tokenizer, model.config.text.vocab_size).to(self.device)
         self.cache = model.new_cache(1)
         self.rows = [Row()]
         self.pending = [[]]               # tokens written to the row but not yet to the cache
@@ -195,7 +210,7 @@ class Streamer:
         lps = [[] for _ in range(b)]
         active = active.clone()
         for n in range(cfg.max_new_tokens):
-            tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active)
+            tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active, self.banned)
             for i in active.nonzero()[:, 0].tolist():
                 out[i].append(int(tokens[i]))
                 lps[i].append(float(logp[i]))

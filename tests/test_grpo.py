@@ -71,6 +71,26 @@ def test_token_logprobs_shift_and_temperature():
     torch.testing.assert_close(part.grad, torch.tensor([[[-0.75, 0.75]]]))  # d log softmax_1 / d logits = onehot - p
 
 
+def test_token_logprobs_with_banned_ids_is_the_masked_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    ids = torch.tensor([[0, 1, 2, 3, 4], [6, 5, 4, 3, 2]])  # row 1 holds banned ids 3 and 5 at forced positions
+    banned = torch.tensor([3, 5])
+    masked = logits.detach().clone()
+    masked[..., banned] = float("-inf")
+    want = (masked[:, :-1] / 1.2).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    got = token_logprobs(logits, ids, 1.2, banned=banned)
+    torch.testing.assert_close(got[:, 1:], want)
+    assert got[0, 3] == float("-inf") and torch.isfinite(got[0, [1, 2, 4]]).all()
+    # the default is unchanged, and a banned forced token (outside the loss mask) leaves the loss and grads finite
+    torch.testing.assert_close(token_logprobs(logits, ids, 1.2)[:, 1:],
+                               (logits.detach()[:, :-1] / 1.2).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0])
+    mask = torch.isfinite(got.detach()) & (torch.arange(5) > 0)
+    loss, _ = ppo_loss(got, got.detach(), torch.tensor([1.0, -1.0]), mask, GRPOConfig(kl_coef=0.1), got.detach())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad[..., banned].abs().sum() == 0
+
+
 # ---- PPO loss -----------------------------------------------------------------------------------------------
 
 def one_token_loss(ratio, adv, **cfg):

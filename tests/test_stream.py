@@ -7,7 +7,7 @@ from mmduet2.config import preset
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
 from mmduet2.grpo import token_logprobs
 from mmduet2.model import MMDuet2
-from mmduet2.stream import StreamConfig, Streamer, check_token_ids, main
+from mmduet2.stream import StreamConfig, Streamer, check_token_ids, main, unsayable_ids
 from mmduet2.tokenizer import train_toy_tokenizer
 
 QUESTION = "Tell me every time a red shape appears."
@@ -51,13 +51,19 @@ def play(model, tok, frames, seed, group=None, context_turns=0, cfg=None):
     return s
 
 
+def toy_config(tok, **overrides):
+    return preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id,
+                  vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id, **overrides)
+
+
 def full_forward_logprobs(model, streamer, i, temperature):
-    """Row i of a streamer recomputed in one forward over its whole sequence and every frame it saw."""
+    """Row i of a streamer recomputed in one forward over its whole sequence and every frame it saw, with the
+    special tokens masked as the streamer masks them when it samples (what train_rl.py's update computes)."""
     ids = torch.tensor([streamer.rows[i].ids])
     with torch.no_grad():
         logits = model(ids, pixel_values=torch.cat(streamer.pixel_values[i]),
                        image_grid_thw=torch.cat(streamer.grids[i]))
-    return token_logprobs(logits, ids, temperature)[0]
+    return token_logprobs(logits, ids, temperature, banned=streamer.banned)[0]
 
 
 def test_forced_stream_is_the_rendered_dialogue(setup):
@@ -152,6 +158,44 @@ def test_concatenated_groups_equal_separate_groups(setup):
     sampled = torch.tensor(batch.rows[3].sampled)
     assert sampled.sum() >= 2
     torch.testing.assert_close(full[sampled], torch.tensor(batch.rows[3].logprobs)[sampled], atol=1e-4, rtol=0)
+
+
+def test_random_models_sample_only_what_a_dialogue_can_hold():
+    """Fuzz: random toy models at temperature 1.5, 51 streams of 40 turns. Before every special token but
+    <|im_end|> was masked, a sampled <|video_pad|> crashed the next chunk ("input_ids hold 1 <|video_pad|>
+    tokens but video_grid_thw [] needs 0") and a sampled <|im_start|> left a dialogue that re-encodes otherwise."""
+    tok = train_toy_tokenizer([SYSTEM_PROMPT, QUESTION, NO_REPLY], vocab_size=300)
+    banned = set(unsayable_ids(tok, tok.vocab_size).tolist())
+    assert banned == {tok.endoftext_id, tok.im_start_id, tok.vision_start_id, tok.vision_end_id, tok.image_pad_id,
+                      tok.video_pad_id}
+    assert unsayable_ids(tok, tok.vocab_size + 2).tolist()[-2:] == [tok.vocab_size, tok.vocab_size + 1]
+    special = banned | {tok.im_end_id}
+    cfg = StreamConfig(frames_per_turn=1, max_new_tokens=4, temperature=1.5, min_pixels=28 * 28, max_pixels=28 * 28)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (28, 28, 3), dtype=np.uint8) for _ in range(40)]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = MMDuet2(toy_config(tok, text_num_hidden_layers=2)).eval()  # 2 layers: random either way, faster
+        s = Streamer(model, tok, cfg, seed=seed)
+        s.step(frames[:1], QUESTION)
+        s.expand(17)
+        for k in range(1, 40):
+            s.step(frames[k:k + 1])
+        for row in s.rows:
+            assert len(row.turns) == 40
+            replies, cur = [], []
+            for t, sampled in zip(row.ids + [None], row.sampled + [False]):
+                if sampled:
+                    cur.append(t)
+                elif cur:
+                    replies, cur = replies + [cur], []
+            assert len(replies) == 40
+            for r in replies:  # no special token, but the <|im_end|> that closes the reply (absent if capped)
+                assert not special & set(r[:-1]) and (r[-1] == tok.im_end_id or r[-1] not in special), r
+            text = tok.decode(row.ids, skip_special_tokens=False)
+            again = tok.encode(text)
+            assert [t for t in again if t in special] == [t for t in row.ids if t in special]
+            assert tok.decode(again, skip_special_tokens=False) == text
 
 
 def test_context_replies_are_forced_not_sampled(setup):
