@@ -64,6 +64,8 @@ class _Checker:
         v = self.get(obj, key, field, list, "[start, end] with start <= end")
         if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) or v[0] > v[1]:
             self.fail(field, "[start, end] with start <= end")
+        if not all(map(math.isfinite, v)):  # json reads NaN and Infinity, and NaN slips past every comparison
+            self.fail(field, f"[start, end] of finite numbers, not {v}")
         if v[0] < -EPS or v[1] > duration + EPS:
             self.fail(field, f"inside the video [0, {duration}], not {v}")
         return v
@@ -146,6 +148,8 @@ def load_dialogues(path):
     records, folder = [], os.path.dirname(os.path.abspath(path))
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no records: write one dialogue per line (python -m mmduet2.toy makes some).")
     for i, (n, line) in enumerate(lines):
         try:
             rec = json.loads(line)
@@ -166,6 +170,8 @@ def load_proactive_records(path):
             raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
     if not isinstance(data, list):
         raise ValueError(f"{path} must hold a JSON list of records, not a {type(data).__name__}.")
+    if not data:
+        raise ValueError(f"{path} holds no records: it must list the benchmark's records.")
     records = [_check_proactive(rec, _Checker(path, i)) for i, rec in enumerate(data)]
     return _unique(path, records, "question_id")
 
@@ -185,6 +191,9 @@ def _unique(path, records, key):
 def build_turns(record, frames_per_turn=2, frame_interval=None):
     """Lay a dialogue record out as turns (see the module docstring). Returns a list of TurnSpec."""
     interval = frame_interval or record.get("frame_interval", 1.0)
+    if not frames_per_turn >= 1 or not 0 < interval < math.inf:
+        raise ValueError(f"frames_per_turn={frames_per_turn} must be at least 1 and frame_interval={interval} a "
+                         "positive number of seconds.")
     n_frames = int(math.floor(record["duration"] / interval + EPS))
     turns = []
     for first in range(1, n_frames + 1, frames_per_turn):

@@ -10,7 +10,10 @@ picked by time stamp, never by frame index, so a 7.5 fps file and a 30 fps file 
 Videos are decoded with PyAV, sequentially, keeping only the frames that are picked; time 0 is the first
 decoded frame (a stream whose first pts is not 0 is shifted). A folder of jpg/png frames is also a video:
 its files sorted by name are frames 0, 1, 2, ... shown at i / fps, and `fps` must be given.
+`iter_frames` yields the picked frames as it decodes them (a stream consumer holds only the frames it has not
+used yet), `read_frames` is its list, and `probe_video` checks a video cheaply before a run relies on it.
 """
+import itertools
 import math
 import os
 from fractions import Fraction
@@ -31,9 +34,17 @@ def _folder_frames(path, fps):
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS))
     if not names:
         raise VideoError(f"{path} is a folder without .jpg/.png frames: point to a video file or a frame folder.")
-    if not fps or fps <= 0:
-        raise VideoError(f"{path} is a folder of frames, which has no frame rate: pass fps (e.g. fps=2.0).")
+    if fps is None or not 0 < fps < math.inf:
+        raise VideoError(f"{path} is a folder of frames, which has no frame rate: pass fps (e.g. fps=2.0), not {fps}.")
     return [os.path.join(path, n) for n in names]
+
+
+def _read_image(file):
+    try:
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated or broken files
+        raise VideoError(f"{file} is not a readable image ({e}): replace it or re-extract the folder's frames.") from None
 
 
 def video_duration(path, fps=None):
@@ -63,35 +74,60 @@ def _video_stream(container, path):
 
 def read_frames(path, interval, fps=None, max_frames=None):
     """Frames 1..N of a video at `interval` seconds: (list of uint8 HxWx3 arrays, list of time stamps)."""
-    if interval <= 0:
-        raise ValueError(f"interval must be positive, got {interval}.")
+    pairs = list(itertools.islice(iter_frames(path, interval, fps), max_frames or None))
+    return [f for f, _ in pairs], [t for _, t in pairs]
+
+
+def iter_frames(path, interval, fps=None):
+    """Frames 1..N of a video at `interval` seconds as (uint8 HxWx3 array, time stamp) pairs, decoded only as they
+    are consumed. The path, the interval and a folder's fps are checked at the call; decoding errors come as
+    VideoError while iterating."""
+    if not 0 < interval < math.inf:
+        raise ValueError(f"frame interval {interval} for {path} must be a positive number of seconds.")
     if not os.path.exists(path):
         raise VideoError(f"{path} does not exist: check the path (relative paths resolve against the annotation).")
+    if not os.path.isdir(path):
+        return _decode(path, interval)
+    files = _folder_frames(path, fps)
+    n = _count(path, len(files) / fps, interval)
+    # the file shown at time t is number floor(t * fps), clipped to the last one
+    return ((_read_image(files[min(int(math.floor(k * interval * fps + EPS)), len(files) - 1)]), k * interval)
+            for k in range(1, n + 1))
+
+
+def probe_video(path, fps=None, need_seconds=None):
+    """Check that a video opens, decodes its first frame, has a frame rate (a frame folder needs `fps`) and, with
+    `need_seconds`, lasts that long. Returns its duration (s); raises VideoError naming the file and the fix."""
+    duration = video_duration(path, fps)
     if os.path.isdir(path):
-        files = _folder_frames(path, fps)
-        duration = len(files) / fps
-        n = _count(path, duration, interval, max_frames)
-        # the file shown at time t is number floor(t * fps), clipped to the last one
-        picks = [min(int(math.floor(k * interval * fps + EPS)), len(files) - 1) for k in range(1, n + 1)]
-        frames = [np.asarray(Image.open(files[i]).convert("RGB")) for i in picks]
+        _read_image(_folder_frames(path, fps)[0])
     else:
-        frames, duration = _decode(path, interval, max_frames)
-        n = _count(path, duration, interval, max_frames)
-        frames = frames[:n]
-    return frames, [k * interval for k in range(1, n + 1)]
+        try:
+            with av.open(path) as container:
+                if next(container.decode(_video_stream(container, path)), None) is None:
+                    raise VideoError(f"{path} contains no decodable video frames: re-encode it or check that it is "
+                                     "a video.")
+        except av.FFmpegError as e:
+            raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 "
+                             "OUT.mp4") from None
+    if need_seconds is not None and duration < need_seconds - EPS:
+        raise VideoError(f"{path} is {duration:.2f} s long but {need_seconds:.2f} s are needed: use the whole video "
+                         "or shorten the record's duration.")
+    return duration
 
 
-def _count(path, duration, interval, max_frames):
+def _count(path, duration, interval):
     n = int(math.floor(duration / interval + EPS))
     if n == 0:
         raise VideoError(f"{path} is {duration:.2f} s long, shorter than one frame interval ({interval} s): "
                          "use a longer video or a smaller interval.")
-    return min(n, max_frames) if max_frames else n
+    return n
 
 
-def _decode(path, interval, max_frames):
-    """Decode sequentially; picked[k-1] is the last frame with time <= k * interval. Returns (picked, duration)."""
-    picked, prev, prev_rgb, t0, t, step = [], None, None, None, 0.0, 0.0
+def _decode(path, interval):
+    """Decode sequentially, yielding (frame k, k * interval) once a later frame shows that frame k is the last one
+    with time <= k * interval; after the last frame, the stamps up to the duration show it."""
+    k, prev, prev_rgb, t0, t, step = 0, None, None, None, 0.0, 0.0
     try:
         with av.open(path) as container:
             stream = _video_stream(container, path)
@@ -103,21 +139,20 @@ def _decode(path, interval, max_frames):
                 t = frame.time - t0
                 if frame.duration and frame.time_base:
                     step = float(frame.duration * frame.time_base)
-                while prev is not None and t > (len(picked) + 1) * interval + EPS:
+                while prev is not None and t > (k + 1) * interval + EPS:
                     prev_rgb = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
-                    picked.append(prev_rgb)                 # the same array when a frame is shown twice
+                    k += 1
+                    yield prev_rgb, k * interval            # the same array when a frame is shown twice
                 prev, prev_rgb = frame, None
-                if max_frames and len(picked) >= max_frames:
-                    return picked, max_frames * interval
     except av.FFmpegError as e:
-        raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+        raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 "
+                         "OUT.mp4") from None
     if prev is None:
         raise VideoError(f"{path} contains no decodable video frames: re-encode it or check that it is a video.")
-    duration = t + step                             # the last frame stays on screen for one frame period
+    n = _count(path, t + step, interval)            # the last frame stays on screen for one frame period
     last = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
-    while len(picked) < math.floor(duration / interval + EPS):
-        picked.append(last)                         # stamps past the last frame's time show the last frame
-    return picked, duration
+    for k in range(k + 1, n + 1):
+        yield last, k * interval                    # stamps past the last frame's time show the last frame
 
 
 def write_video(path, frames, fps):

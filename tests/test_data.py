@@ -57,6 +57,12 @@ def test_questions_and_immediate_answers():
         (10.0, None, "later"), (12.0, None, "NO REPLY")]
 
 
+def test_bad_turn_settings_are_one_sentence():
+    for kw in ({"frames_per_turn": 0}, {"frame_interval": -1.0}, {"frames_per_turn": 2, "frame_interval": float("nan")}):
+        with pytest.raises(ValueError, match=r"frames_per_turn=.* must be at least 1 and frame_interval=.* a positive"):
+            build_turns(record(), **kw)
+
+
 def test_empty_span_and_two_answers_on_one_turn():
     rec = record(answers=[(0, "gone", (4.2, 4.5, 5.5), {}),         # no turn time in [4.2, 5.5]
                           (0, "first", (1, 5, 6), {}), (0, "second", (5, 6, 7), {})])
@@ -111,6 +117,10 @@ DIALOGUE_CASES = [
     (["questions", 0, "text"], 5, r"questions\[0\].text must be a non-empty string"),
     (["answers", 0, "reply_timespan"], [7, 3], r"answers\[0\].reply_timespan must be \[start, end\] with start <= end"),
     (["answers", 0, "related_timespan"], [3, 60], r"answers\[0\].related_timespan must be inside the video"),
+    (["answers", 0, "reply_timespan"], [float("nan"), 7], r"answers\[0\].reply_timespan must be \[start, end\] of "
+                                                           r"finite numbers, not \[nan, 7\]"),   # NaN passed before
+    (["answers", 0, "related_timespan"], [3, float("inf")], r"answers\[0\].related_timespan must be \[start, end\] "
+                                                             "of finite numbers"),
     (["answers", 0, "question"], 1, r"answers\[0\].question must be an index into questions \(0..0\), not 1"),
     (["answers", 0, "immediate"], "yes", r"answers\[0\].immediate must be true or false"),
     (["answers", 0, "content"], DELETE, r"answers\[0\].content must be present"),
@@ -127,6 +137,9 @@ def test_dialogue_errors_name_file_record_field(tmp_path, field, value, message)
 def test_dialogue_file_level_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.jsonl does not exist"):
         load_dialogues(str(tmp_path / "nothing.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(ValueError, match="empty.jsonl holds no records"):
+        load_dialogues(str(tmp_path / "empty.jsonl"))
     path = write_jsonl(tmp_path, [good()])
     with open(path, "a") as f:
         f.write("\n{not json\n")                     # a blank line is skipped, not counted
@@ -162,6 +175,9 @@ def test_proactive_records(tmp_path):
         path.write_text(json.dumps([proactive(), {**proactive(), "question_id": "b", **change}]))
         with pytest.raises(ValueError, match=r"gold.json record 1: " + message):
             load_proactive_records(str(path))
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="gold.json holds no records"):
+        load_proactive_records(str(path))
     path.write_text(json.dumps({"a": proactive()}))
     with pytest.raises(ValueError, match="gold.json must hold a JSON list"):
         load_proactive_records(str(path))

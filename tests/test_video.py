@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmduet2.video import VideoError, read_frames, video_duration, write_video
+from mmduet2.video import VideoError, iter_frames, probe_video, read_frames, video_duration, write_video
 
 
 def numbered_frames(n, size=32):
@@ -93,3 +93,65 @@ def test_errors_name_the_file(tmp_path):
     assert isinstance(VideoError("x"), ValueError)
     with pytest.raises(ValueError, match="must be even"):
         write_video(str(tmp_path / "odd.mp4"), [np.zeros((31, 32, 3), np.uint8)], 4)
+
+
+def test_iter_frames_is_read_frames_decoded_lazily(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    write_video(path, numbered_frames(30), 7.5)
+    frames, times = read_frames(path, 0.5)
+    pairs = list(iter_frames(path, 0.5))
+    assert [t for _, t in pairs] == times and all(np.array_equal(f, g) for (f, _), g in zip(pairs, frames))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for j, f in enumerate(numbered_frames(6)):
+        Image.fromarray(f).save(folder / f"{j:04d}.png")
+    (folder / "0005.png").write_bytes(b"not a png")       # only the last frame is broken
+    it = iter_frames(str(folder), 1.0, fps=2)             # 3 s: frames 2, 4 and the broken 5
+    assert [frame_number(next(it)[0]) for _ in range(2)] == [2, 4]  # decoded as consumed: the first two come
+    with pytest.raises(VideoError, match="0005.png is not a readable image"):
+        next(it)
+
+
+def test_corrupt_frames_and_bad_arguments_are_one_sentence(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for j, f in enumerate(numbered_frames(4)):
+        Image.fromarray(f).save(folder / f"{j:04d}.png")
+    good = (folder / "0002.png").read_bytes()
+    (folder / "0002.png").write_bytes(good[:len(good) // 2])      # a truncated PNG
+    with pytest.raises(VideoError, match=r"0002.png is not a readable image .*: replace it"):
+        read_frames(str(folder), 0.5, fps=4)
+    (folder / "0002.png").write_bytes(b"\xff\xd8\xff garbage")     # not an image at all (was UnidentifiedImageError)
+    with pytest.raises(VideoError, match=r"0002.png is not a readable image"):
+        read_frames(str(folder), 0.5, fps=4)
+    path = str(tmp_path / "v.mp4")
+    write_video(path, numbered_frames(8), 4)
+    for interval in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=rf"frame interval {interval} for .*v.mp4 must be a positive number"):
+            read_frames(path, interval)
+    with pytest.raises(VideoError, match=r"frames is a folder of frames.*pass fps .*not nan"):
+        read_frames(str(folder), 1.0, fps=float("nan"))
+
+
+def test_probe_video(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    write_video(path, numbered_frames(8), 4)                 # 2 s
+    assert probe_video(path, need_seconds=2.0) == pytest.approx(2.0)
+    with pytest.raises(VideoError, match=r"v.mp4 is 2.00 s long but 3.00 s are needed: use the whole video"):
+        probe_video(path, need_seconds=3.0)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    with pytest.raises(VideoError, match="corrupt.mp4 could not be decoded"):
+        probe_video(str(corrupt))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for j, f in enumerate(numbered_frames(4)):
+        Image.fromarray(f).save(folder / f"{j:04d}.jpg")
+    assert probe_video(str(folder), fps=2) == 2.0
+    with pytest.raises(VideoError, match="pass fps"):
+        probe_video(str(folder))
+    (folder / "0000.jpg").write_bytes(b"broken")
+    with pytest.raises(VideoError, match="0000.jpg is not a readable image"):
+        probe_video(str(folder), fps=2)
+    with pytest.raises(VideoError, match="nope.mp4 does not exist"):
+        probe_video(str(tmp_path / "nope.mp4"))
