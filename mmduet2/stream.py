@@ -17,8 +17,10 @@ start of the next turn's chunk rather than with its own forward, which saves one
 the same cache (the model never conditions on it before then).
 """
 import argparse
+import itertools
 import sys
 import time as _time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +39,15 @@ class StreamConfig:
     top_k: int = 0                   # 0 = no top-k filter; RL uses 10
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28  # about 128 visual tokens per frame, as MMDuet2
+    keep_pixels: bool = True         # keep every frame's pixel_values and grid per row (RL re-feeds them; eval needn't)
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "frames_per_turn"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"StreamConfig.{name}={getattr(self, name)} (--{name.replace('_', '-')}) must be "
+                                 "at least 1.")
+        if not self.frame_interval > 0:
+            raise ValueError(f"StreamConfig.frame_interval={self.frame_interval} (--frame-interval) must be positive.")
 
 
 @dataclass
@@ -97,7 +108,8 @@ class Streamer:
         self.rows = [Row()]
         self.pending = [[]]               # tokens written to the row but not yet to the cache
         self.frames_seen = [0]            # per row: its clock is frames_seen * frame_interval
-        self.pixel_values, self.grids = [[]], [[]]  # per row, every frame fed so far (to re-feed in training)
+        self.pixel_values, self.grids = [[]], [[]]  # per row, every frame fed so far (if cfg.keep_pixels)
+        self.warned_positions = False
         self.seed = seed
         self.generators = None if seed is None else [torch.Generator().manual_seed(seed)]
 
@@ -161,11 +173,15 @@ class Streamer:
                 processed[id(frames[i])] = process_images(frames[i], min_pixels=self.cfg.min_pixels,
                                                           max_pixels=self.cfg.max_pixels)
             pixel_values, grid = processed[id(frames[i])]
+            if len({tuple(g) for g in grid.tolist()}) > 1:
+                raise ValueError(f"the {len(frames[i])} frames of one turn of row {i} have different sizes (grids "
+                                 f"{grid.tolist()}): resize a video's frames to one size before streaming them.")
             chunk = user_chunk_ids(self.tok, self.frames_seen[i] == 0, len(frames[i]), int(grid[0].prod()) // merge,
                                    texts[i], system_prompt=self.system_prompt)
             self.frames_seen[i] += len(frames[i])
-            self.pixel_values[i].append(pixel_values)
-            self.grids[i].append(grid)
+            if self.cfg.keep_pixels:
+                self.pixel_values[i].append(pixel_values)
+                self.grids[i].append(grid)
             pixels.append(pixel_values)
             grids.append(grid)
             row.ids += chunk
@@ -188,6 +204,11 @@ class Streamer:
                 self._record(i, reply_ids(self.tok, replies[i]), sampled=False)
                 row.turns.append((self.row_time(i), replies[i]))
                 answers[i] = None if replies[i] == NO_REPLY else replies[i]
+        limit = self.model.config.text.max_position_embeddings
+        if not self.warned_positions and int(self.cache.next_pos.max()) >= limit:
+            self.warned_positions = True
+            warnings.warn(f"a stream passed M-RoPE position {limit} (max_position_embeddings) at {self.time:.0f} s of "
+                          "video: the model was never trained on positions this far, so expect worse replies.")
         return answers
 
     def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None):
@@ -257,7 +278,7 @@ def check_token_ids(config, tok):
 # Demo: python -m mmduet2.stream VIDEO --question "..." [--checkpoint DIR]
 
 def main(argv=None):
-    from .video import read_frames
+    from .video import iter_frames
     p = argparse.ArgumentParser(description="Watch a video with MMDuet2 and print what it says, and when.")
     p.add_argument("video", help="a video file PyAV can decode, or a folder of jpg/png frames (then --fps)")
     p.add_argument("--question", required=True, help="the question, asked at time 0")
@@ -277,13 +298,13 @@ def main(argv=None):
     else:
         model, tok = random_toy_model(args.question)
         print("No --checkpoint given: the weights are RANDOM, so the replies below are noise.", file=sys.stderr)
-    frames, _ = read_frames(args.video, args.frame_interval, fps=args.fps)
+    frames = iter_frames(args.video, args.frame_interval, fps=args.fps)  # decoded as the stream reaches them
     cfg = StreamConfig(frames_per_turn=args.frames_per_turn, frame_interval=args.frame_interval,
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, keep_pixels=False)
     streamer = Streamer(model, tok, cfg)
     start, replies = _time.time(), []
-    for k in range(0, len(frames), cfg.frames_per_turn):
-        reply = streamer.step(frames[k:k + cfg.frames_per_turn], args.question if k == 0 else None)[0]
+    while turn := [f for f, _ in itertools.islice(frames, cfg.frames_per_turn)]:
+        reply = streamer.step(turn, args.question if streamer.time == 0 else None)[0]
         if args.realtime:
             _time.sleep(max(0.0, streamer.time - (_time.time() - start)))
         if reply is not None:

@@ -1,4 +1,6 @@
 """The streaming engine against ground truth: one forward over the whole dialogue, and single-row runs."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,39 @@ def test_greedy_decode_uses_cache_one_token_at_a_time(setup):
     assert all(n == 1 for n in calls if n <= 1)
 
 
+def test_keep_pixels_off_streams_the_same_and_keeps_no_frames(setup):
+    model, tok, frames = setup
+    kept = play(model, tok, frames, seed=None, cfg=StreamConfig(max_new_tokens=3))
+    light = play(model, tok, frames, seed=None, cfg=StreamConfig(max_new_tokens=3, keep_pixels=False))
+    assert light.rows[0].ids == kept.rows[0].ids and light.rows[0].turns == kept.rows[0].turns
+    assert len(kept.pixel_values[0]) == 4 and light.pixel_values == [[]] and light.grids == [[]]
+
+
+def test_warns_once_past_max_position_embeddings(setup):
+    _, tok, frames = setup
+    torch.manual_seed(0)
+    short = MMDuet2(toy_config(tok, max_position_embeddings=120)).eval()  # passed before turn 4 (204)
+    with pytest.warns(UserWarning, match="passed M-RoPE position 120") as caught:
+        play(short, tok, frames, seed=None, cfg=StreamConfig(max_new_tokens=2))
+    assert len([w for w in caught if "M-RoPE" in str(w.message)]) == 1   # once, not every turn after
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # the toy's 32768 is never reached
+        play(setup[0], tok, frames, seed=None, cfg=StreamConfig(max_new_tokens=2))
+
+
+def test_bad_inputs_are_one_sentence(setup):
+    model, tok, frames = setup
+    for field, value, want in (("max_new_tokens", 0, "at least 1"), ("frames_per_turn", 0, "at least 1"),
+                               ("frame_interval", 0.0, "positive"), ("frame_interval", -1.0, "positive")):
+        with pytest.raises(ValueError, match=rf"StreamConfig.{field}={value} \(--{field.replace('_', '-')}\) must "
+                                             rf"be {want}"):
+            StreamConfig(**{field: value})
+    s = Streamer(model, tok, StreamConfig(max_new_tokens=2))
+    mixed = [frames[0], np.zeros((112, 112, 3), np.uint8)]          # 56x84 and 112x112 in one turn
+    with pytest.raises(ValueError, match=r"the 2 frames of one turn of row 0 have different sizes .*resize"):
+        s.step(mixed, QUESTION)
+
+
 def test_token_id_drift_is_caught(setup):
     model, tok, _ = setup
     cfg = preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.im_start_id,
@@ -237,8 +272,10 @@ def test_token_id_drift_is_caught(setup):
         check_token_ids(cfg, tok)
 
 
-def test_demo_with_random_weights(tmp_path, capsys):
+def test_demo_with_random_weights(tmp_path, capsys, monkeypatch):
+    from mmduet2 import video
     from mmduet2.video import write_video
+    monkeypatch.setattr(video, "read_frames", None)  # the demo decodes lazily (iter_frames), never all at once
     frames = [np.full((56, 56, 3), 20 * k, dtype=np.uint8) for k in range(12)]
     write_video(str(tmp_path / "v.mp4"), frames, fps=2)
     main([str(tmp_path / "v.mp4"), "--question", QUESTION, "--max-new-tokens", "3",
