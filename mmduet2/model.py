@@ -362,6 +362,7 @@ class MMDuet2(nn.Module):
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32):
         """Load a hub-layout checkpoint directory (config.json + model.safetensors or index + shards)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         config = load_config(path)
         single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
@@ -377,7 +378,12 @@ class MMDuet2(nn.Module):
         for file in files:
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"{file}, listed in {index}, is missing; download every shard.")
-            for k, v in load_file(file).items():
+            try:
+                tensors = load_file(file)
+            except SafetensorError as e:  # a download or save cut short leaves a header that promises more bytes
+                raise ValueError(f"{file} is not a complete safetensors file ({e}): download it again, or re-save the "
+                                 "checkpoint with save_pretrained.") from None
+            for k, v in tensors.items():
                 # Newer writers nest the decoder and the tower under model.language_model. / model.visual.
                 if k.startswith("model.language_model."):
                     k = "model." + k[len("model.language_model."):]

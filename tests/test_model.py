@@ -144,6 +144,17 @@ def test_save_load_round_trip(tmp_path, tie):
     assert half.dtype == torch.bfloat16 and (half.lm_head.weight is half.model.embed_tokens.weight) == tie
 
 
+def test_truncated_safetensors_is_one_sentence(tmp_path):
+    toy_model().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    for size in (len(data) // 2, 5):  # cut inside the tensors, and inside the header's length field
+        weights.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=r"model.safetensors is not a complete safetensors file .*download it "
+                                             r"again, or re-save the checkpoint"):
+            MMDuet2.from_pretrained(tmp_path)
+
+
 def test_shards_and_newer_key_prefixes(tmp_path):
     """A sharded checkpoint whose writer nests keys under model.language_model. / model.visual. loads the same."""
     model = toy_model()
