@@ -1,31 +1,33 @@
 """ShapeWatch: a synthetic proactive video QA benchmark small enough to train on a CPU in minutes.
 
-Videos are 112x112 px mp4 at 4 fps, 16-24 s long, a dark noisy background on which 1-3 big flat shapes (circle,
-square, triangle; red, green, blue, yellow) appear, drift slowly and vanish, each visible 4-10 s; sometimes one
-changes colour mid-life, which ends a visible span of the old colour and starts one of the new colour. Questions
-ask about one colour or one shape ("Tell me every time a red shape appears."); every matching appearance is a
-gold answer ("A red circle appeared.") with related_timespan [appear, event_end] and reply_timespan
-[appear, min(event_end + 1, duration)], the rest are distractors. event_end is drawn between 2 s after the
-appearance and the vanishing, as human annotators end an event's span at different moments. Because it is not
-visible in the video, SFT data that places each reply at its span's end (METHOD 3) holds replies followed by turns
-where the object is still on screen and the answer is NO REPLY: only the reply already given tells the model to
-stay silent. With event_end = vanish (version 4) nothing ever asked the model to remember what it had said, and
-after RL moved replies earlier it repeated them when the object left. `--end-at-vanish P` ends a share P of the
-events at the vanishing again (an experiment in the README: SFT then answers late, as the paper's SFT model
-does, and RL gains more PAUC but repeats itself). Half the dialogues are 1QnA (one question at 0),
-half nQnA (2-3 questions; one asked mid-video first gets an immediate answer, "A red circle is visible." or
-"Nothing yet.", then covers the appearances that start before the next question). This is the toy stand-in for
-the paper's data (METHOD.md sections 1 and 4); it is not from the paper. In nQnA, questions come at odd seconds
-away from appearances, and an answer still open when the next question arrives has both spans cut to end 1 s
-before it, so with 2 frames per turn its reply lands on the turn before the new question, not after it.
+Videos are 56x56 px mp4 at 2 fps, 36-48 s long: a dark noisy background on which big flat shapes (circle,
+square, triangle; red, green, blue, yellow) appear, drift slowly and vanish, each visible 10-20 s; sometimes one
+changes colour mid-life, which ends a visible span of the old colour and starts one of the new colour. Two screen
+halves act as lanes holding one object at a time, so at most two are visible and they never overlap. Questions ask
+about one colour or one shape ("Tell me every time a red shape appears."); every matching appearance is a gold
+answer ("A red circle appeared.") with related_timespan [appear, event_end] and reply_timespan
+[appear, min(event_end + 1, duration)]; about half the appearances match, the rest are distractors, and about 15 %
+of videos have nothing to report (silence must be learnt). This is the toy stand-in for the paper's data
+(docs/method.md); it is not from the paper.
+
+The annotated end of an event, event_end, is drawn between 2 s after the appearance and the vanishing, as human
+annotators end an event's span at different moments. It is not visible in the video, so SFT data that places each
+reply at its span's end (the paper's placement) holds replies followed by turns where the object is still on
+screen and the answer is NO REPLY: only the reply already given tells the model to stay silent. Spans last 3-21 s,
+so most hold several of the toy's 4 s turns and a late answer costs real PAUC; that is the timing RL can learn.
+
+Half the dialogues are 1QnA (one question at 0), half nQnA (2-3 questions): a question asked mid-video comes on a
+turn boundary (a multiple of TURN = 4 s, the toy's turn of 2 frames at 2 s, so its immediate span [q, q + 1]
+holds that turn), first gets an immediate answer ("A red circle is visible." or "Nothing yet."), then covers the
+appearances that start before the next question. No appearance starts within the turn before a question, and an
+answer still open when the next question arrives has both spans cut to end 1 s before it, so every span holds a
+turn. Videos are longer than an RL episode (20-32 s on the toy), so episodes start with context turns.
 
 Timing is exact under the frame convention of video.py: event times are whole seconds, an object is on screen
 for video times t with appear <= t < vanish, and the frame stamped k s shows time k. So a 1 s sampler sees an
-object first in the frame stamped `appear`, the start of its reply span, and never earlier. To keep it learnable
-two screen halves act as lanes holding one object at a time (at most 2 visible, never overlapping), about half
-the objects match the question, and about 15 % of videos have nothing to report (silence must be learnt).
+object first in the frame stamped `appear`, the start of its reply span, and never earlier.
 
-    python -m mmduet2.toy --out data/toy --train 400 --val 120 --test 240 --seed 0
+    python -m mmduet2.toy --out data/toy --train 400 --val 240 --test 240 --seed 0
 """
 import argparse
 import json
@@ -39,13 +41,17 @@ from PIL import Image, ImageDraw
 
 from .video import write_video
 
-VERSION = 5
-SIZE, FPS = 56, 4                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
+VERSION = 6
+SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
+TURN = 4                                # seconds per turn at the toy's rate (2 frames at 2 s): questions sit on it
+DURATIONS = (36, 40, 44, 48)            # video lengths in seconds (whole turns)
+LIFE = (10, 20)                         # seconds an object stays on screen, inclusive range
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
 SHAPES = ["circle", "square", "triangle"]
 VOCAB = {"colours": list(COLOURS), "shapes": SHAPES}   # must equal judges.VOCAB (tested)
 SPLITS = {"train": 0, "val": 1, "test": 2}              # folded into each example's seed
+SIZES = {"train": 400, "val": 240, "test": 240}         # the default dataset (val and test: 120 questions each)
 P_EMPTY = 0.15                          # share of videos where no object is made to match
 TASK = "shapewatch"
 
@@ -105,31 +111,28 @@ def _attributes(rng, target, match):
 
 
 def make_scene(rng, kind):
-    """A random scene: first the timeline (lanes, appear / vanish / colour-change times, question times), then
-    the looks, each object matching the question in force when it appears with probability 1/2."""
-    duration = int(rng.integers(16, 25))
+    """A random scene: first the timeline (per lane: appear / vanish / colour-change times; question times on the
+    turn grid), then the looks, each object matching the question in force when it appears with probability 1/2."""
+    duration = int(rng.choice(DURATIONS))
     n_questions = 1 if kind == "1qna" else int(rng.integers(2, 4))
     targets = [str(t) for t in rng.choice(list(COLOURS) + SHAPES, size=n_questions, replace=False)]
-    free, timeline = [1, 1], []                         # per lane: earliest next appearance
-    for _ in range(int(rng.choice([1, 2, 3], p=[0.25, 0.4, 0.35]))):
-        lane = int(rng.integers(2)) if free[0] == free[1] else int(np.argmin(free))
-        if free[lane] > duration - 4:
-            break
-        a = int(rng.integers(free[lane], min(free[lane] + 4, duration - 4) + 1))
-        b = min(a + int(rng.integers(4, 11)), duration)
-        free[lane] = b + 1                              # a gap of >= 1 s keeps appearances separate events
-        m = int(rng.integers(a + 2, b - 1)) if b - a >= 5 and rng.random() < 0.25 else None  # colour change
-        timeline.append((lane, a, b, m))
+    timeline = []                                       # (lane, appear, vanish, colour change or None)
+    for lane in (0, 1):
+        a = int(rng.integers(1, 9))
+        while a <= duration - LIFE[0]:
+            b = min(a + int(rng.integers(LIFE[0], LIFE[1] + 1)), duration)
+            m = int(rng.integers(a + 6, b - 5)) if b - a >= 12 and rng.random() < 0.2 else None
+            timeline.append((lane, a, b, m))
+            a = b + int(rng.integers(2, 9))             # a gap keeps appearances in one lane separate events
+    timeline.sort(key=lambda x: x[1])
     times = [0]
-    if kind == "nqna":                                  # odd seconds away from appearances, >= 4 s apart
+    if kind == "nqna":                                  # on the turn grid, >= 3 turns apart
         starts = [t for _, a, _, m in timeline for t in (a, m) if t is not None]
-        cand = [q for q in range(5, duration - 3, 2) if all(abs(q - t) > 1 for t in starts)] or \
-            list(range(5, duration - 3, 2))
+        cand = [q for q in range(2 * TURN, duration - 2 * TURN + 1, TURN) if not any(q - TURN < t < q for t in starts)]
         for q in rng.permutation(cand):
-            if len(times) < n_questions and all(abs(int(q) - t) >= 3 for t in times):
+            if len(times) < n_questions and all(abs(int(q) - t) >= 3 * TURN for t in times):
                 times.append(int(q))
-    times = sorted(times)
-    scene = Scene(duration, [], list(zip(times, targets)))
+    scene = Scene(duration, [], list(zip(sorted(times), targets)))
 
     def target_at(t):
         return [tg for q, tg in scene.questions if q <= t][-1]
@@ -141,7 +144,7 @@ def make_scene(rng, kind):
         if m is not None:
             new = [c for c in COLOURS if c != colour and not (empty and c == target_at(m))]
             segments = [Segment(colour, a, m), Segment(str(rng.choice(new)), m, b)]
-        size = int(rng.integers(22, 25))   # nearly fills its lane: a tiny vision tower tells shapes apart in minutes
+        size = int(rng.integers(22, 25))   # nearly fills its lane: a tiny vision tower tells shapes apart
         lo = (lane * SIZE // 2 + size // 2 + 2, size // 2 + 2)
         hi = ((lane + 1) * SIZE // 2 - size // 2 - 2, SIZE - size // 2 - 2)
         p0, p1 = (tuple(float(rng.uniform(lo[d], hi[d])) for d in range(2)) for _ in range(2))
@@ -154,14 +157,11 @@ def make_scene(rng, kind):
     return scene
 
 
-def annotate(rng, scene, end_at_vanish=0.0):
-    """Draw where the annotator ends each appearance event: 2 s after it starts at the earliest, at the vanishing
-    at the latest; with probability end_at_vanish at the vanishing. Its own generator, so the videos do not
-    depend on it (nor, with end_at_vanish 0, the span ends on the extra draw)."""
+def annotate(rng, scene):
+    """Draw where the annotator ends each appearance event: uniformly from 2 s after it starts to the vanishing.
+    Its own generator, so the videos do not depend on it."""
     for s in (s for o in scene.objects for s in o.segments):
         s.event_end = int(rng.integers(min(s.start + 2, s.end), s.end + 1))
-        if end_at_vanish and rng.random() < end_at_vanish:
-            s.event_end = s.end
 
 
 def _gold(scene):
@@ -212,12 +212,13 @@ def render(scene, rng):
     return [draw_frame(scene, j / FPS, background) for j in range(scene.duration * FPS)]
 
 
-def make_example(seed, split, i, end_at_vanish=0.0):
-    """Example i of a split: (scene, rendered frames, training-dialogue record). Same arguments, same output."""
+def make_example(seed, split, i, render_frames=True):
+    """Example i of a split: (scene, rendered frames or None, training-dialogue record). Same arguments, same
+    output (the frames are drawn last, so skipping them changes nothing else)."""
     rng = np.random.default_rng([seed, SPLITS[split], i])
     kind = "1qna" if i % 2 == 0 else "nqna"
     scene = make_scene(rng, kind)
-    annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene, end_at_vanish)
+    annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene)
     name = f"{split}_{i:05d}"
     record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
               "kind": kind, "questions": [{"time": float(q), "text": question_text(t)} for q, t in scene.questions],
@@ -225,7 +226,7 @@ def make_example(seed, split, i, end_at_vanish=0.0):
               # What is on screen when: lets SFT mix in caption dialogues, as the paper mixes in captions.
               "objects": [{"shape": o.shape, "colour": g.colour, "start": g.start, "end": g.end}
                           for o in scene.objects for g in o.segments]}
-    return scene, render(scene, rng), record
+    return scene, render(scene, rng) if render_frames else None, record
 
 
 CAPTION_QUESTION = "What shapes are on screen now?"
@@ -249,14 +250,14 @@ def to_proactive(record):
 # ---------------------------------------------------------------------------------------------------------
 # Export
 
-def generate(out_dir, train=400, val=120, test=240, seed=0, log=print, end_at_vanish=0.0):
+def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0, log=print):
     """Write the whole dataset into `out_dir` (which should be new; ensure_toy_data makes that atomic)."""
     t0, sizes, stats = time.time(), {"train": train, "val": val, "test": test}, {}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     for split, n in sizes.items():
         records = []
         for i in range(n):
-            _, frames, record = make_example(seed, split, i, end_at_vanish)
+            _, frames, record = make_example(seed, split, i)
             write_video(os.path.join(out_dir, record["video"]), frames, FPS)
             records.append(record)
         with open(os.path.join(out_dir, f"{split}.jsonl"), "w") as f:
@@ -270,7 +271,7 @@ def generate(out_dir, train=400, val=120, test=240, seed=0, log=print, end_at_va
                         "immediate_answers": sum(a.get("immediate", False) for r in records for a in r["answers"])}
         if log:
             log(f"{split}: {n} dialogues, {stats[split]}")
-    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "end_at_vanish": end_at_vanish, "fps": FPS,
+    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "fps": FPS,
             "size": SIZE, "task": TASK, "stats": stats, "seconds": round(time.time() - t0, 1)}
     if log:
         log(f"wrote {sum(sizes.values())} videos in {meta['seconds']} s")
@@ -279,23 +280,22 @@ def generate(out_dir, train=400, val=120, test=240, seed=0, log=print, end_at_va
     return meta
 
 
-def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, force=False, log=print,
-                    end_at_vanish=0.0):
+def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0,
+                    force=False, log=print):
     """Generate ShapeWatch into `out_dir` unless it is already there with these settings. Returns out_dir.
 
     The data is written to a temporary sibling folder and renamed into place, so an interrupted run never
     leaves half a dataset. A folder made with other settings is an error unless force=True (then replaced).
     """
     out_dir = os.path.normpath(out_dir)
-    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test},
-            "end_at_vanish": end_at_vanish}
+    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test}}
     meta_path = os.path.join(out_dir, "meta.json")
 
     def have():
         if not os.path.exists(meta_path):
             return None
         with open(meta_path) as f:
-            meta = {"end_at_vanish": 0.0, **json.load(f)}  # folders written before the flag existed
+            meta = json.load(f)
         return {k: meta.get(k) for k in want}
 
     found = have()
@@ -309,7 +309,7 @@ def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, fo
     try:
         if log:
             log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
-        generate(tmp, train, val, test, seed, log, end_at_vanish)
+        generate(tmp, train, val, test, seed, log)
         if os.path.isdir(out_dir):
             os.rename(out_dir, old)
         try:
@@ -326,19 +326,14 @@ def ensure_toy_data(out_dir="data/toy", train=400, val=120, test=240, seed=0, fo
 def main():
     p = argparse.ArgumentParser(description="Generate the ShapeWatch toy benchmark (videos + dialogue annotations).")
     p.add_argument("--out", default="data/toy", help="output folder (created atomically)")
-    p.add_argument("--train", type=int, default=400, help="training dialogues (one video each)")
-    p.add_argument("--val", type=int, default=120, help="validation dialogues")
-    p.add_argument("--test", type=int, default=240, help="test dialogues (the 1QnA half is the benchmark)")
+    p.add_argument("--train", type=int, default=SIZES["train"], help="training dialogues (one video each)")
+    p.add_argument("--val", type=int, default=SIZES["val"], help="validation dialogues (the 1QnA half selects RL)")
+    p.add_argument("--test", type=int, default=SIZES["test"], help="test dialogues (the 1QnA half is the benchmark)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same data")
-    p.add_argument("--end-at-vanish", type=float, default=0.0,
-                   help="share of appearance events annotated to end at the vanishing (README: an experiment)")
     p.add_argument("--force", action="store_true", help="replace an existing folder made with other settings")
     args = p.parse_args()
     try:
-        if not 0.0 <= args.end_at_vanish <= 1.0:
-            raise ValueError(f"--end-at-vanish {args.end_at_vanish} is not a share: give a number from 0 to 1.")
-        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force,
-                        end_at_vanish=args.end_at_vanish)
+        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force)
     except ValueError as e:
         raise SystemExit(str(e))
     with open(os.path.join(args.out, "meta.json")) as f:
