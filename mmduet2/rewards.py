@@ -8,7 +8,9 @@ released reward code (recipe/proactive/reward_function.py) term by term. Where t
     similarity score in both; here each (span, reply) is judged against its own gold answer;
   - r_pfx never counts a "NO REPLY" turn (the released code compares it too, but 8 characters cannot reach the
     50-character threshold, so the result is the same unless the threshold is set below 9);
-  - an empty rollout scores 0 on every term instead of raising.
+  - an empty rollout scores 0 on every term instead of raising;
+  - r_rep's within-span recount includes exact repeats (`RewardConfig.recount_repeats`; see r_rep), and its judge
+    also gets the question in force, which the rule judge needs to tell a relevant object from a stray word.
 
 Running example (METHOD's, a test): spans [1,3] and [3,9]; turns t = 1..8: NO REPLY; A = "The young blonde woman
 is seemingly involved in a conversation or video call."; NO REPLY; NO REPLY; B = "The woman is brushing her teeth
@@ -35,6 +37,7 @@ class RewardConfig:
     start_score: float = 0.5    # the step function's value before the first reply (no reply: 0.5 / S)
     prefix_chars: int = 50      # a reply sharing a prefix this long with an earlier one counts as copied
     out_mode: str = "turns"     # turns: released code (per out-of-span turn) | replies: paper text (per reply)
+    recount_repeats: bool = True  # r_rep recounts exact repeats inside a span too (False: the released rule)
 
     def __post_init__(self):
         if self.out_mode not in ("turns", "replies"):
@@ -42,7 +45,7 @@ class RewardConfig:
 
 
 def _silent(text):
-    return text.strip() == NO_REPLY
+    return text.strip() in ("", NO_REPLY)  # an empty reply says nothing: silence in every term
 
 
 def _inside(t, answer):
@@ -83,37 +86,43 @@ def r_pauc(turns, answers, sim_judge, cfg=RewardConfig()):
     return sum(areas) / len(areas) if areas else 0.0
 
 
-def r_rep(turns, answers, context_replies, rep_judge):
+def r_rep(turns, answers, context_replies, rep_judge, questions=(), recount_repeats=True):
     """Minus the mean repetition count (<= 0; 0 when nothing is counted).
 
     Walk the non-silent replies in time order with the context replies as already seen. An exact repeat of a seen
-    reply counts 1; any other reply is judged by rep_judge(previous_text, reply), previous_text being every seen
-    reply joined by single spaces, and counts 1 (repetition) or 0 (a failed judgement counts nothing). As in the
-    released code, the judgement of every reply that is the 2nd or later distinct reply inside one gold span is
-    counted once more (so within-span follow-ups weigh double).
-    Example: A -> 0, B -> 1, C -> 0, and C is the 2nd distinct reply of span [3,9] -> 0 again:
-    counts [0, 1, 0, 0], r_rep = -0.25.
+    reply counts 1; any other reply is judged by rep_judge(previous_text, reply, question), previous_text being
+    every seen reply joined by single spaces and question the one in force at the reply's time (from `questions`,
+    [(time, text)]; None without them), and counts 1 (repetition) or 0 (a failed judgement counts nothing). As in
+    the released code, every 2nd or later reply inside one gold span is counted once more (so within-span
+    follow-ups weigh double). The released code recounts only distinct replies, so there a paraphrase costs twice
+    what the exact repeat costs that the benchmark counts as a duplicate; recount_repeats=True (the default here)
+    recounts exact repeats too, so both cost the same; False is the released rule.
+    Example: A -> 0, B -> 1, C -> 0, and C is the 2nd reply of span [3,9] -> 0 again: counts [0, 1, 0, 0],
+    r_rep = -0.25 (the same under both rules: nothing is repeated exactly).
     """
-    seen, counts, requests, judged = list(context_replies), [], [], {}
+    def question_at(t):
+        return next((q for qt, q in sorted(questions, reverse=True) if qt <= t), None)
+
+    seen, exact, asked, requests = list(context_replies), set(), [], []
     for i, (t, text) in enumerate(turns):
         if _silent(text):
             continue
         if text in seen:
-            counts.append(1)
+            exact.add(i)
             continue
-        judged[i] = len(requests)
-        requests.append((" ".join(seen), text))
+        asked.append(i)
+        requests.append((" ".join(seen), text, question_at(t)))
         seen.append(text)
-    verdicts = judge_many(rep_judge, requests)
-    counts += [int(v) for v in verdicts if v is not None]
+    verdict = {i: True for i in exact} | dict(zip(asked, judge_many(rep_judge, requests)))
+    counts = [int(v) for v in verdict.values() if v is not None]
     for ans in _live(turns, answers):
-        distinct = []
+        said = []
         for i, (t, text) in enumerate(turns):
-            if not _inside(t, ans) or _silent(text) or text in distinct:
+            if not _inside(t, ans) or _silent(text) or (text in said and not recount_repeats):
                 continue
-            distinct.append(text)
-            if len(distinct) > 1 and i in judged and verdicts[judged[i]] is not None:
-                counts.append(int(verdicts[judged[i]]))
+            said.append(text)
+            if len(said) > 1 and verdict[i] is not None and (recount_repeats or i not in exact):
+                counts.append(int(verdict[i]))
     return -sum(counts) / len(counts) if counts else 0.0
 
 
@@ -150,7 +159,7 @@ def r_pfx(turns, context_replies, prefix_chars=50):
     return -hits / len(turns) if turns else 0.0
 
 
-def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weights=None):
+def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weights=None, questions=()):
     """(total, {"r_pauc", "r_rep", "r_out", "r_pfx"}) of one rollout.
 
     turns: [(time, text)] every assistant turn of the played window, NO REPLY included (sorted by time here).
@@ -159,6 +168,7 @@ def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weig
     sim_judge(question, gold, reply) -> 0..S | None; rep_judge(previous_text, new_reply) -> bool | None
     (a judge with a `.map` method gets all its requests of a term in one batch).
     weights: a RewardConfig (weights, thresholds, out_mode); None -> RewardConfig().
+    questions: [(time, text)] the dialogue's questions, for the repetition judge (which question a reply answers).
     """
     cfg = weights or RewardConfig()
     for k, a in enumerate(answers):
@@ -167,7 +177,7 @@ def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weig
             raise ValueError(f"answer {k} lacks {missing}; each answer needs content, reply_timespan and question.")
     turns = sorted(((float(t), text) for t, text in turns), key=lambda x: x[0])
     comps = {"r_pauc": r_pauc(turns, answers, sim_judge, cfg),
-             "r_rep": r_rep(turns, answers, context_replies, rep_judge),
+             "r_rep": r_rep(turns, answers, context_replies, rep_judge, questions, cfg.recount_repeats),
              "r_out": r_out(turns, answers, cfg.out_mode),
              "r_pfx": r_pfx(turns, context_replies, cfg.prefix_chars)}
     total = (cfg.w_pauc * comps["r_pauc"] + cfg.w_rep * comps["r_rep"]

@@ -14,18 +14,23 @@ ANSWERS = [{"content": "gold 1", "reply_timespan": [1, 3], "question": "What hap
 
 
 class Judge:
-    """Dict-backed judge keyed by the reply (last argument); records calls."""
+    """Dict-backed judge keyed by the reply (argument `key`: last for the similarity judge (question, gold, reply),
+    second for the repetition judge (previous, reply, question)); records calls."""
 
-    def __init__(self, table):
-        self.table, self.calls = table, []
+    def __init__(self, table, key=-1):
+        self.table, self.calls, self.key = table, [], key
 
     def __call__(self, *args):
         self.calls.append(args)
-        return self.table[args[-1]]
+        return self.table[args[self.key]]
+
+
+def Rep(table):
+    return Judge(table, key=1)
 
 
 def test_method_worked_example():
-    sim, rep = Judge({A: 4, B: 3, C: 4}), Judge({A: False, B: True, C: False})
+    sim, rep = Judge({A: 4, B: 3, C: 4}), Rep({A: False, B: True, C: False})
     total, comps = proactive_reward(TURNS, ANSWERS, CONTEXT, sim, rep)
     assert comps["r_pauc"] == pytest.approx((0.78125 + 20 / 24) / 2)
     assert comps["r_pauc"] == pytest.approx(0.807292, abs=1e-6)
@@ -33,16 +38,20 @@ def test_method_worked_example():
     assert comps["r_out"] == 0.0 and comps["r_pfx"] == 0.0
     assert total == pytest.approx(1.921875)
     # the repetition judge saw everything seen so far, joined by single spaces
-    assert rep.calls == [(CONTEXT[0], A), (CONTEXT[0] + " " + A, B), (" ".join([CONTEXT[0], A, B]), C)]
+    assert rep.calls == [(CONTEXT[0], A, None), (CONTEXT[0] + " " + A, B, None), (" ".join([CONTEXT[0], A, B]), C, None)]
+    # the released recount rule gives the same here (no exact repeat inside a span)
+    _, old = proactive_reward(TURNS, ANSWERS, CONTEXT, Judge({A: 4, B: 3, C: 4}), Rep({A: False, B: True, C: False}),
+                              RewardConfig(recount_repeats=False))
+    assert old["r_rep"] == pytest.approx(-0.25)
     assert sim.calls == [("What happens?", "gold 1", A), ("What happens?", "gold 2", B), ("What happens?", "gold 2", C)]
     # shuffled turns are put back in time order
     total2, _ = proactive_reward(TURNS[::-1], ANSWERS, CONTEXT, Judge({A: 4, B: 3, C: 4}),
-                                 Judge({A: False, B: True, C: False}))
+                                 Rep({A: False, B: True, C: False}))
     assert total2 == pytest.approx(total)
 
 
 def test_weights_and_config():
-    sim, rep = Judge({A: 4, B: 3, C: 4}), Judge({A: False, B: True, C: False})
+    sim, rep = Judge({A: 4, B: 3, C: 4}), Rep({A: False, B: True, C: False})
     total, comps = proactive_reward(TURNS, ANSWERS, CONTEXT, sim, rep, RewardConfig(w_pauc=1, w_rep=0))
     assert total == pytest.approx(comps["r_pauc"])
     with pytest.raises(ValueError, match="out_mode"):
@@ -74,18 +83,32 @@ def test_r_pauc_rules():
 def test_r_rep_rules():
     spans = [{"content": "g", "reply_timespan": [0, 10], "question": "q"}]
     # walk: "ctx" repeats a context reply exactly -> 1 (not asked); "x" judged 0; "y" judged 1; the second "y" is
-    # an exact repeat -> 1. In the span "ctx" is the 1st distinct reply, so "x" (0) and "y" (1) count again:
-    # counts [1, 0, 1, 1, 0, 1] -> -4/6
-    rep = Judge({"x": False, "y": True})
-    assert r_rep([(1, "ctx"), (2, "x"), (3, "y"), (4, "y"), (5, N)], spans, ["ctx"], rep) == pytest.approx(-4 / 6)
-    assert rep.calls == [("ctx", "x"), ("ctx x", "y")]
+    # an exact repeat -> 1. Inside the span every reply after the first counts again: x (0), y (1), y (1):
+    # counts [1, 0, 1, 1, 0, 1, 1] -> -5/7. The released rule recounts distinct replies only (not the second y):
+    # -4/6.
+    turns = [(1, "ctx"), (2, "x"), (3, "y"), (4, "y"), (5, N)]
+    rep = Rep({"x": False, "y": True})
+    assert r_rep(turns, spans, ["ctx"], rep) == pytest.approx(-5 / 7)
+    assert rep.calls == [("ctx", "x", None), ("ctx x", "y", None)]
+    assert r_rep(turns, spans, ["ctx"], rep, recount_repeats=False) == pytest.approx(-4 / 6)
+    # a paraphrase judged a repeat costs what the exact repeat costs
+    exact = r_rep([(1, "a"), (2, "a")], spans, [], Rep({"a": False}))
+    para = r_rep([(1, "a"), (2, "a!")], spans, [], Rep({"a": False, "a!": True}))
+    assert exact == para == pytest.approx(-2 / 3)
+    assert r_rep([(1, "a"), (2, "a!")], spans, [], Rep({"a": False, "a!": True}), recount_repeats=False) == \
+        pytest.approx(-2 / 3)
+    assert r_rep([(1, "a"), (2, "a")], spans, [], Rep({"a": False}), recount_repeats=False) == pytest.approx(-1 / 2)
+    # the judge gets the question in force at the reply's time
+    rep = Rep({"x": False, "y": False})
+    r_rep([(2, "x"), (6, "y")], spans, [], rep, questions=[(0, "q0"), (5, "q1")])
+    assert [c[2] for c in rep.calls] == ["q0", "q1"]
     # a failed judgement counts nothing (not even the within-span extra); no replies at all -> 0
-    assert r_rep([(1, "x"), (2, "y")], spans, [], Judge({"x": False, "y": None})) == 0.0
-    assert r_rep([(1, N)], spans, ["ctx"], Judge({})) == 0.0
+    assert r_rep([(1, "x"), (2, "y")], spans, [], Rep({"x": False, "y": None})) == 0.0
+    assert r_rep([(1, N)], spans, ["ctx"], Rep({})) == 0.0
     # outside every span there is no extra count; with no context the first judge call sees ""
-    rep = Judge({"x": False, "y": True})
+    rep = Rep({"x": False, "y": True})
     assert r_rep([(1, "x"), (2, "y")], [], [], rep) == pytest.approx(-0.5)
-    assert rep.calls[0] == ("", "x")
+    assert rep.calls[0] == ("", "x", None)
 
 
 def test_r_out_modes():
