@@ -4,8 +4,10 @@
     python eval.py --checkpoint DIR --gold FILE --video-root DIR --judge-url URL --judge-model NAME --out DIR
     python eval.py --pred predictions.jsonl --gold FILE ...   # score existing predictions, no model
 
-Writes OUT/predictions.jsonl (one line per example, appended as it goes so an interrupted run resumes),
-OUT/metrics.json, timeline PNGs for a few examples, and prints a table. The toy benchmark (ShapeWatch) is
+Writes OUT/predictions.jsonl (one line per example, appended as it goes so an interrupted run resumes; its
+provenance, the checkpoint and stream settings, in predictions.jsonl.meta.json), OUT/metrics.json, timeline PNGs
+for a few examples, and prints a table. Every gold turn is scored: a video that fails scores as silence and is
+counted; so are failed judgements. The toy benchmark (ShapeWatch) is
 scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint.
 """
 import argparse
@@ -14,7 +16,7 @@ import os
 import sys
 
 from mmduet2.data import load_proactive_records
-from mmduet2.evaluate import load_predictions, predict_records, score
+from mmduet2.evaluate import checkpoint_id, load_predictions, predict_records, score
 from mmduet2.judges import LLMJudge, RuleJudge
 from mmduet2.plot import draw_timeline
 from mmduet2.stream import StreamConfig, load_checkpoint
@@ -32,6 +34,9 @@ def parse_args():
     p.add_argument("--video-root", default="data/toy", help="folder the records' video paths are relative to")
     p.add_argument("--pred", help="score this predictions JSONL instead of running a model")
     p.add_argument("--out", default="runs/toy/eval", help="output folder (one subfolder per checkpoint)")
+    p.add_argument("--fresh", action="store_true",
+                   help="predict again from scratch even if OUT holds predictions (default: resume them when they "
+                        "were made by the same checkpoint with the same settings, refuse otherwise)")
     p.add_argument("--judge", choices=["rule", "llm"], help="default: rule for ShapeWatch records, llm otherwise")
     p.add_argument("--judge-url", default="", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--judge-model", default="", help="model name the endpoint serves")
@@ -39,6 +44,7 @@ def parse_args():
                    help="seconds between frames; default 1 s (the paper's inference setting), 2 s on ShapeWatch")
     p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
     p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
+    p.add_argument("--batch-size", type=int, default=16, help="videos streamed side by side (rows of one batch)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     p.add_argument("--timelines", type=int, default=4, help="timeline PNGs to draw")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -50,7 +56,12 @@ def main():
     toy = args.gold == "data/toy/test_proactive.json"
     if toy and not os.path.exists(args.gold):
         sys.exit("data/toy is missing: run `python train_sft.py` first (it generates the toy data).")
-    records = load_proactive_records(args.gold)[:args.limit or None]
+    try:
+        records = load_proactive_records(args.gold)[:args.limit or None]
+    except (OSError, ValueError) as e:
+        sys.exit(str(e))
+    if not records or not any(r["answer"] for r in records):
+        sys.exit(f"{args.gold} holds no gold answers to score: check the file (and --limit).")
     shapewatch = all(r.get("task") == "shapewatch" for r in records)  # the rule judge reads its vocabulary
     judge_kind = args.judge or ("rule" if shapewatch else "llm")
     if judge_kind == "llm":
@@ -68,9 +79,12 @@ def main():
                     for c in args.checkpoint)
     else:
         runs = TOY
-    # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (README).
+    # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (docs).
     interval = args.frame_interval or (2.0 if shapewatch else 1.0)
-    cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens)
+    try:
+        cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens)
+    except ValueError as e:
+        sys.exit(str(e))
     results = {}
     for name, path in runs.items():
         out = os.path.join(args.out, name) if len(runs) > 1 or not args.pred else args.out
@@ -82,19 +96,27 @@ def main():
                 sys.exit(f"{path} holds no checkpoint (config.json missing): train it first or fix --checkpoint.")
             print(f"[{name}] streaming {len(records)} videos with {path}")
             model, tok = load_checkpoint(path, device=pick_device(args.device))
-            preds, failed = predict_records(model, tok, records, args.video_root, cfg,
-                                            pred_path=os.path.join(out, "predictions.jsonl"))
-        metrics = score(records, preds, judge)
-        metrics["failed_videos"] = [{"question_id": q, "error": e} for q, e in failed]
+            try:
+                preds, failed = predict_records(
+                    model, tok, records, args.video_root, cfg, pred_path=os.path.join(out, "predictions.jsonl"),
+                    batch_size=args.batch_size, fresh=args.fresh,
+                    provenance={"checkpoint": os.path.abspath(path), "checkpoint_id": checkpoint_id(path),
+                                "gold": os.path.abspath(args.gold)})
+            except ValueError as e:
+                sys.exit(str(e))
+        for q, e in failed:
+            print(f"[{name}] video of {q} failed, scored as silence: {e}", file=sys.stderr)
+        if len(failed) == len(records):
+            sys.exit(f"[{name}] every video failed: nothing was predicted (see the errors above).")
+        metrics = score(records, preds, judge, failed)
+        metrics["failed"] = [{"question_id": q, "error": e} for q, e in failed]
         metrics["frame_interval"] = interval
         write_json(os.path.join(out, "metrics.json"), metrics)
         results[name] = metrics
         for rec in records[:args.timelines]:
             draw_timeline(os.path.join(out, f"timeline_{rec['question_id']}.png"), rec["duration"],
-                          preds.get(rec["question_id"], []), [a["reply_timespan"] for a in rec["answer"]],
-                          title=rec["conversation"][0]["content"])
-        for q, e in failed:
-            print(f"[{name}] skipped {q}: {e}", file=sys.stderr)
+                          preds.get(rec["question_id"], {"replies": []})["replies"],
+                          [a["reply_timespan"] for a in rec["answer"]], title=rec["conversation"][0]["content"])
 
     print_table(results)
     if runs is TOY:
@@ -103,18 +125,24 @@ def main():
         print("wrote runs/toy/eval.json and runs/toy/eval/compare_*.png")
 
 
+COLUMNS = [("pauc", "PAUC"), ("pauc_omega0", "PAUC w=0"), ("duplicate_ratio", "dup %"),
+           ("reply_turns", "replies/ex"), ("replies_outside", "outside/ex"), ("median_reply_delay", "delay s"),
+           ("answered_spans", "spans hit %"), ("silent_after_reply", "quiet after %")]
+
+
 def print_table(results):
-    cols = [("pauc", "PAUC"), ("pauc_omega0", "PAUC w=0"), ("pauc_omega1", "PAUC w=1"),
-            ("duplicate_ratio", "dup %"), ("reply_turns", "replies/ex"), ("median_reply_delay", "delay s"),
-            ("answered_spans", "spans hit")]
-    print(f"{'model':<10}" + "".join(f"{title:>12}" for _, title in cols))
+    """One row per model; duplicates also as counts, and failed videos and judgements when there are any."""
+    print(f"{'model':<10}" + "".join(f"{title:>13}" for _, title in COLUMNS) + f"{'dup count':>12}")
     for name, m in results.items():
         cells = []
-        for key, _ in cols:
+        for key, _ in COLUMNS:
             v = m.get(key)
-            v = v * 100 if key in ("duplicate_ratio", "answered_spans") and v is not None else v
-            cells.append(f"{v:>12.2f}" if isinstance(v, (int, float)) else f"{'-':>12}")
-        print(f"{name:<10}" + "".join(cells))
+            v = v * 100 if key in ("duplicate_ratio", "answered_spans", "silent_after_reply") and v is not None else v
+            cells.append(f"{v:>13.2f}" if isinstance(v, (int, float)) else f"{'-':>13}")
+        print(f"{name:<10}" + "".join(cells) + f"{str(m['duplicates']) + ' of ' + str(m['replies_after_first']):>12}")
+        if m["failed_videos"] or m["judge_failures"]:
+            print(f"{'':<10}{m['failed_videos']} of {m['n']} videos failed (scored as silence), "
+                  f"{m['judge_failures']} judgements failed (no point)")
 
 
 def draw_toy_comparison(records, out, n=4):
@@ -123,7 +151,7 @@ def draw_toy_comparison(records, out, n=4):
         q = rec["question_id"]
         draw_timeline(os.path.join(out, f"compare_{q}.png"), rec["duration"], None,
                       [a["reply_timespan"] for a in rec["answer"]], title=rec["conversation"][0]["content"],
-                      rows={name: p.get(q, []) for name, p in preds.items()})
+                      rows={name: p[q]["replies"] if q in p else [] for name, p in preds.items()})
 
 
 def write_json(path, obj):

@@ -1,34 +1,59 @@
 """Evaluation on ProactiveVideoQA-format records: stream every video through the model, then score with PAUC.
 
-Used by eval.py (the command line) and by train_rl.py (periodic PAUC on the val split). Predictions are
-appended to a JSONL file one example at a time, so an interrupted run resumes where it stopped; a video that
-cannot be decoded is skipped, reported at the end, and never silently dropped from the counts.
+Used by eval.py (the command line) and by train_rl.py (validation, which picks the kept checkpoint). Videos are
+streamed `batch_size` at a time as the rows of one Streamer batch, each row watching its own video; greedy
+decoding gives a row the tokens it would get alone (tested). Predictions are appended to a JSONL file one
+example at a time, with a provenance file beside it (the checkpoint's identity and the stream settings), so an
+interrupted run resumes, and only with the same checkpoint and settings. Every gold turn of every record is
+scored: a video that could not be decoded has no predictions and scores 0.25 per gold turn, as in the
+benchmark's scorer, and the failures are counted in the metrics.
 """
+import hashlib
 import json
 import os
 import statistics
 
 import torch
 
+from .dialogue import NO_REPLY
 from .metrics import proactive_pauc
 from .stream import Streamer
 from .video import VideoError, read_frames
 
 
+def silent(text):
+    """NO REPLY, an empty reply or none at all: the model said nothing (in every metric)."""
+    return text is None or text.strip() in ("", NO_REPLY)
+
+
 @torch.no_grad()
-def predict(model, tok, frames, question, cfg):
-    """Stream `frames` with `question` asked at time 0; returns the non-silent replies as {time, content}."""
-    streamer = Streamer(model, tok, cfg)
-    replies = []
-    for k in range(0, len(frames), cfg.frames_per_turn):
-        reply = streamer.step(frames[k:k + cfg.frames_per_turn], question if k == 0 else None)[0]
-        if reply is not None:
-            replies.append({"time": streamer.time, "content": reply})
-    return replies
+def stream_videos(model, tok, videos, cfg):
+    """videos: [(frames, question asked at time 0)] -> per video, every turn as (time, reply or None if silent)."""
+    rows = [Streamer(model, tok, cfg) for _ in videos]
+    batch = Streamer.concat(rows) if len(rows) > 1 else rows[0]
+    f, turns = cfg.frames_per_turn, [[] for _ in videos]
+    for k in range(0, max(len(frames) for frames, _ in videos), f):
+        frames = [fr[k:k + f] if k < len(fr) else None for fr, _ in videos]
+        answers = batch.step_rows(frames, [q if k == 0 else None for _, q in videos], [None] * len(videos))
+        for i, fr in enumerate(frames):
+            if fr is not None:
+                turns[i].append((batch.row_time(i), None if silent(answers[i]) else answers[i]))
+    return turns
+
+
+def checkpoint_id(path):
+    """sha256 of a checkpoint directory's config.json and weight files: which model wrote a predictions file."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name == "config.json" or name.endswith(".safetensors"):
+            with open(os.path.join(path, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 23), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_predictions(path):
-    """{question_id: replies} from a predictions JSONL (the format eval.py writes)."""
+    """{question_id: {"replies": [{time, content}], "turn_times": [...] or None}} from a predictions JSONL."""
     preds = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -36,42 +61,70 @@ def load_predictions(path):
                 continue
             try:
                 row = json.loads(line)
-                preds[row["question_id"]] = row["replies"]
+                preds[row["question_id"]] = {"replies": list(row["replies"]), "turn_times": row.get("turn_times")}
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f"{path} line {n}: expected {{\"question_id\": ..., \"replies\": [...]}}; "
                                  "delete the line (or the file) to predict that example again.") from None
     return preds
 
 
-def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=print):
-    """Predict every record, resuming from `pred_path` when it already holds some. Returns (preds, failed)."""
+def _check_provenance(pred_path, provenance, fresh):
+    """Resume only predictions made by the same checkpoint with the same stream settings."""
+    meta_path = pred_path + ".meta.json"
+    if fresh or not os.path.exists(pred_path):
+        for p in (pred_path, meta_path):
+            if os.path.exists(p):
+                os.remove(p)
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(provenance, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
+        return
+    saved = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    diff = [k for k in provenance if saved.get(k) != provenance[k]]
+    if diff:
+        raise ValueError(f"{pred_path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in diff)}"
+                         f"; now {', '.join(repr(provenance[k]) for k in diff)}): pass --fresh to predict again, or "
+                         "another --out.")
+
+
+def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=print, batch_size=16,
+                    provenance=None, fresh=False):
+    """Predict every record, resuming from `pred_path` when its provenance matches. Returns (preds, failed):
+    preds {question_id: {"replies", "turn_times"}}, failed [(question_id, error)] for videos that could not be read."""
+    if pred_path:
+        _check_provenance(pred_path, {"frame_interval": cfg.frame_interval, "frames_per_turn": cfg.frames_per_turn,
+                                      "max_new_tokens": cfg.max_new_tokens, **(provenance or {})}, fresh)
     preds = load_predictions(pred_path) if pred_path and os.path.exists(pred_path) else {}
-    failed = []
+    todo, failed = [r for r in records if r["question_id"] not in preds], []
     out = open(pred_path, "a") if pred_path else None
-    for n, rec in enumerate(records):
-        if rec["question_id"] in preds:
-            continue
-        try:
-            frames, _ = read_frames(os.path.join(video_root, rec["video"]), cfg.frame_interval)
-        except VideoError as e:
-            failed.append((rec["question_id"], str(e)))
-            continue
-        preds[rec["question_id"]] = predict(model, tok, frames, rec["conversation"][0]["content"], cfg)
-        if out:
-            out.write(json.dumps({"question_id": rec["question_id"], "replies": preds[rec["question_id"]]}) + "\n")
-            out.flush()
-        if log and (n + 1) % 20 == 0:
-            log(f"  predicted {n + 1}/{len(records)}")
+    for k in range(0, len(todo), batch_size):
+        videos, recs = [], []
+        for rec in todo[k:k + batch_size]:
+            try:
+                videos.append((read_frames(os.path.join(video_root, rec["video"]), cfg.frame_interval)[0],
+                               rec["conversation"][0]["content"]))
+                recs.append(rec)
+            except VideoError as e:
+                failed.append((rec["question_id"], str(e)))
+        for rec, turns in zip(recs, stream_videos(model, tok, videos, cfg) if videos else []):
+            row = {"replies": [{"time": t, "content": r} for t, r in turns if r is not None],
+                   "turn_times": [t for t, _ in turns]}
+            preds[rec["question_id"]] = row
+            if out:
+                out.write(json.dumps({"question_id": rec["question_id"], **row}) + "\n")
+                out.flush()
+        if log and len(todo) > batch_size:
+            log(f"  predicted {min(k + batch_size, len(todo))}/{len(todo)}")
     if out:
         out.close()
     return preds, failed
 
 
-def reply_delays(records, preds):
+def reply_delays(records, replies):
     """Seconds from the start of each gold reply span (the evidence appearing) to the first reply inside it."""
     delays = []
     for rec in records:
-        times = [p["time"] for p in preds.get(rec["question_id"], [])]
+        times = [p["time"] for p in replies.get(rec["question_id"], []) if not silent(p["content"])]
         for ans in rec["answer"]:
             a, b = ans["reply_timespan"]
             inside = [t for t in times if a <= t <= b]
@@ -80,18 +133,50 @@ def reply_delays(records, preds):
     return delays
 
 
-def score(records, preds, judge):
-    """PAUC (omega 0.5, 0, 1), duplicates, reply turns and reply delay, overall and per task."""
-    records = [r for r in records if r["question_id"] in preds]
-    if not records:
-        return {"n": 0}
-    res = proactive_pauc(records, preds, judge, omega=0.5)
-    delays = reply_delays(records, preds)
-    metrics = {"n": len(records), "pauc": res["pauc"], "pauc_omega0": res["pauc_omega0"],
-               "pauc_omega1": res["pauc_omega1"], "duplicate_ratio": res["duplicate_ratio"],
-               "reply_turns": sum(len(preds[r["question_id"]]) for r in records) / len(records),
+def turn_stats(records, preds):
+    """From the turn grid of each stream: second and later replies per gold span holding >= 2 turns, and how
+    often the model stays silent on the turn after an in-span reply when that turn is still in the span.
+    Returns None when the predictions carry no turn times (scored from a file written elsewhere)."""
+    extra, multi, after, silent_after = 0, 0, 0, 0
+    for rec in records:
+        p = preds.get(rec["question_id"])
+        if p is None or p["turn_times"] is None:
+            if p is not None:
+                return None
+            continue
+        said = {r["time"] for r in p["replies"] if not silent(r["content"])}
+        for ans in rec["answer"]:
+            a, b = ans["reply_timespan"]
+            inside = [t for t in p["turn_times"] if a <= t <= b]
+            if len(inside) >= 2:
+                multi += 1
+                extra += max(0, sum(t in said for t in inside) - 1)
+            for t, nxt in zip(inside, inside[1:]):
+                if t in said:
+                    after += 1
+                    silent_after += nxt not in said
+    return {"second_replies_per_multiturn_span": extra / multi if multi else 0.0, "multiturn_spans": multi,
+            "silent_after_reply": silent_after / after if after else None, "turns_after_reply": after}
+
+
+def score(records, preds, judge, failed=()):
+    """PAUC (omega 0.5, 0, 1), duplicates with their counts, reply counts and timing, overall and per task.
+    Every record is scored; one without predictions (a failed video) said nothing."""
+    replies = {q: [r for r in p["replies"] if not silent(r["content"])] for q, p in preds.items()}
+    res = proactive_pauc(records, replies, judge, omega=0.5)
+    delays = reply_delays(records, replies)
+    n_spans = sum(len(r["answer"]) for r in records)
+    outside = sum(not any(a["reply_timespan"][0] <= x["time"] <= a["reply_timespan"][1] for a in rec["answer"])
+                  for rec in records for x in replies.get(rec["question_id"], []))
+    n_replies = sum(len(replies.get(r["question_id"], [])) for r in records)
+    n_after_first = sum(max(0, t["n_replies"] - 1) for t in res["turns"])
+    metrics = {"n": len(records), "failed_videos": len(failed), "pauc": res["pauc"],
+               "pauc_omega0": res["pauc_omega0"], "pauc_omega1": res["pauc_omega1"],
+               "duplicate_ratio": res["duplicate_ratio"], "duplicates": sum(t["n_duplicates"] for t in res["turns"]),
+               "replies_after_first": n_after_first, "judge_failures": res["judge_failures"],
+               "reply_turns": n_replies / len(records), "replies_outside": outside / len(records),
                "median_reply_delay": statistics.median(delays) if delays else None,
-               "answered_spans": len(delays) / max(1, sum(len(r["answer"]) for r in records))}
+               "answered_spans": len(delays) / max(1, n_spans), **(turn_stats(records, preds) or {})}
     task_of = {r["question_id"]: r.get("task") for r in records}
     tasks = sorted({t for t in task_of.values() if t})
     if len(tasks) > 1:  # from the per-turn values already judged, not a second round of judging
