@@ -10,8 +10,12 @@ token the policy sampled (replies, `NO REPLY` and their <|im_end|>), and one PPO
 With no arguments this is the second step of the toy experiment: RL from runs/toy/sft into runs/toy/rl on
 CPU with the rule judge. Departures from the paper, all for the toy's sake and all flags: a higher learning
 rate (the toy model is tiny and trained briefly), 16 prompts per step instead of 8 (steadier steps), 2 s per
-frame as in SFT, episodes are the whole (short) toy video, and replies are capped at 24 tokens since toy
-answers are short.
+frame as in SFT, episodes of 20-32 s instead of 20-60 s (toy videos are 36-48 s, so episodes start with context
+turns), and replies capped at 24 tokens since toy answers are short.
+
+The kept checkpoint (OUT) is the one with the best mean RL reward on the val questions, streamed greedily; the
+reward charges repeats and talk outside the gold spans, which val PAUC alone does not (`--select pauc` keeps
+the best val PAUC instead). Every validation is logged with both.
 
 Data parallel: `torchrun --nproc_per_node N train_rl.py ...` has every process roll out its own
 `prompts_per_step` prompts and averages the gradients (N times the prompts per step); process 0 logs its own
@@ -36,7 +40,7 @@ from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward
-from mmduet2.stream import StreamConfig, Streamer, check_token_ids
+from mmduet2.stream import StreamConfig, Streamer, check_token_ids, unsayable_ids
 from mmduet2.tokenizer import Tokenizer
 from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, loss_positions,
                               model_inputs, parse_config, save_checkpoint, seed_everything)
@@ -58,7 +62,7 @@ class RLConfig:
     top_k: int = 10                    # sampling top-k
     max_new_tokens: int = 24           # the paper: 100
     episode_min: float = 20.0          # seconds of video the policy plays (shorter videos: all of it)
-    episode_max: float = 60.0
+    episode_max: float = 32.0          # the paper: 60 (toy videos are 36-48 s)
     frames_per_turn: int = 2
     frame_interval: float = 2.0        # seconds per frame, as in SFT (the toy also evaluates at 2 s; README)
     # GRPO switches (paper defaults; see mmduet2/grpo.py)
@@ -68,6 +72,7 @@ class RLConfig:
     dual_clip: float = 3.0
     kl_coef: float = 0.0
     loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
+    adv_per_term: bool = False         # not the paper's: normalise each reward term in its group, then weight
     # reward weights (mmduet2/rewards.py holds the terms)
     w_pauc: float = 3.0                # weight of r_pauc, answer quality integrated over time
     w_rep: float = 2.0                 # weight of r_rep, the repetition penalty
@@ -81,13 +86,17 @@ class RLConfig:
     lora_alpha: float = 32.0           # LoRA scale is alpha / rank
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # decoder linears to adapt
     grad_checkpointing: bool = False   # recompute decoder layers in backward to save memory
-    eval_every: int = 20               # steps between val PAUC runs (the best is kept)
-    eval_examples: int = 60            # val questions per PAUC run
+    eval_every: int = 20               # steps between validations (the best is kept)
+    eval_examples: int = 120           # val questions per validation (0 = all)
+    select: str = "reward"             # which val figure picks the kept checkpoint: reward | pauc
     save_every: int = 20               # steps between resumable checkpoints (OUT_last)
     sample_every: int = 10             # steps between printed sample transcripts
     seed: int = 0
     device: str = "auto"               # cpu, cuda or auto
 
+
+
+WEIGHTS = {"r_pauc": "w_pauc", "r_rep": "w_rep", "r_out": "w_out", "r_pfx": "w_pfx"}  # reward term -> weight
 
 
 def episode_window(specs, rng, cfg):
@@ -134,11 +143,12 @@ def rollout(model, tok, split, prompts, rng, cfg, reward_fn):
                     "question": rec["questions"][a["question"]]["text"]}
                    for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
         context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
+        questions = [(q["time"], q["text"]) for q in rec["questions"]]
         # the G rows of a group saw the same frames: concatenate them once
         pixel_values, grids = torch.cat(batch.pixel_values[p * g_size]), torch.cat(batch.grids[p * g_size])
         for g, row in enumerate(batch.rows[p * g_size:(p + 1) * g_size]):
             turns = row.turns[len(ctx):]
-            total, comps = reward_fn(turns, answers, context_replies)
+            total, comps = reward_fn(turns, answers, context_replies, questions)
             episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
                                          turns=turns, reward=total, components=comps, pixel_values=pixel_values,
                                          image_grid_thw=grids, answers=answers))
@@ -157,11 +167,12 @@ def reply_delay(ep):
 
 
 def curves(history, window=10):
-    """The plotted series: reward as a running mean over `window` steps (one step is noisy), val PAUC and val
-    duplicate % at each validation."""
+    """The plotted series: reward as a running mean over `window` steps (one step is noisy), and the val reward,
+    PAUC and duplicate % at each validation."""
     values = [v for _, v in history["reward"]]
     mean = [(s, float(np.mean(values[max(0, k - window + 1):k + 1]))) for k, (s, _) in enumerate(history["reward"])]
-    return {f"reward ({window}-step mean)": mean, "val PAUC": history["val_pauc"], "val dup %": history["val_dup"]}
+    return {f"reward ({window}-step mean)": mean, "val reward": history["val_reward"], "val PAUC": history["val_pauc"],
+            "val dup %": history["val_dup"]}
 
 
 def main():
@@ -185,17 +196,19 @@ def main():
         sim_judge, rep_judge = RuleJudge(max_score=4, precision=True), rule_repetition_judge
         bench_judge = RuleJudge(max_score=2)
 
-    def reward_fn(turns, answers, context_replies):
-        return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg)
+    def reward_fn(turns, answers, context_replies, questions):
+        return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg, questions)
 
     # ---- data -------------------------------------------------------------------------------------------
     train = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
-    val_records = load_proactive_records(os.path.join(cfg.data, "val_proactive.json"))[:cfg.eval_examples]
+    val_records = load_proactive_records(os.path.join(cfg.data, "val_proactive.json"))[:cfg.eval_examples or None]
+    if cfg.select not in ("reward", "pauc"):
+        sys.exit(f"--select {cfg.select!r}: choose reward (the val RL reward) or pauc (val PAUC).")
 
     # ---- model ------------------------------------------------------------------------------------------
-    # cfg.out holds the policy with the best val PAUC so far (what eval.py reads); cfg.out + "_last" holds the
-    # latest step with its optimizer state, for --resume. Small on-policy runs can drift into silence late, so
-    # the model is selected on the val split, never on test. LoRA never changes the base weights, so a LoRA run
+    # cfg.out holds the policy with the best val score so far (--select; what eval.py reads); cfg.out + "_last"
+    # holds the latest step with its optimizer state, for --resume. The model is selected on the val split, never
+    # on test. LoRA never changes the base weights, so a LoRA run
     # resumes from the SFT weights plus the adapters saved in trainer_state.pt.
     last_dir = cfg.out.rstrip("/") + "_last"
     src = last_dir if resume and not cfg.lora_rank else cfg.sft
@@ -203,6 +216,7 @@ def main():
         sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
     model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
     check_token_ids(model.config, tok)
+    banned = unsayable_ids(tok, model.config.text.vocab_size)  # masked when sampling, so in the update too
     if cfg.lora_rank:
         apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets.split(",")))
     model.model.gradient_checkpointing = cfg.grad_checkpointing
@@ -212,7 +226,7 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     net = par.wrap(model)  # what the update's forward/backward go through (DDP under torchrun)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history = 0, {"reward": [], "val_pauc": [], "val_dup": [], "best": (0, -1.0)}
+    step, history = 0, {"reward": [], "val_pauc": [], "val_dup": [], "val_reward": [], "best": (0, -float("inf"))}
     if resume:
         step, history = load_trainer_state(last_dir, optimizer)
         adapters = history.pop("lora", None)
@@ -228,9 +242,20 @@ def main():
     video_root = cfg.data
 
     def validate():
+        """Greedy streams of the val questions: benchmark metrics, plus the RL reward of each whole stream."""
         model.eval()
-        preds, _ = predict_records(model, tok, val_records, video_root, eval_cfg, log=None)
-        return score(val_records, preds, bench_judge)
+        preds, failed = predict_records(model, tok, val_records, video_root, eval_cfg, log=None, batch_size=40)
+        if failed:
+            sys.exit(f"{len(failed)} val videos could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
+        m, rewards = score(val_records, preds, bench_judge), []
+        for rec in val_records:
+            said, q = {r["time"]: r["content"] for r in preds[rec["question_id"]]["replies"]}, rec["conversation"][0]
+            turns = [(t, said.get(t, NO_REPLY)) for t in preds[rec["question_id"]]["turn_times"]]
+            answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"], "question": q["content"]}
+                       for a in rec["answer"]]
+            rewards.append(reward_fn(turns, answers, [], [(q["time"], q["content"])])[0])
+        m["reward"] = float(np.mean(rewards))
+        return m
 
     def save(path):
         # With LoRA the saved checkpoint is a merged, plain hub-layout copy (what eval.py reads) and the adapters
@@ -244,15 +269,17 @@ def main():
     def validate_and_keep_best():
         m = validate()
         history["val_pauc"].append((step, m["pauc"]))
-        history.setdefault("val_dup", []).append((step, 100 * m["duplicate_ratio"]))  # older checkpoints lack it
-        if m["pauc"] > history["best"][1]:
-            history["best"] = (step, m["pauc"])
+        history["val_dup"].append((step, 100 * m["duplicate_ratio"]))
+        history["val_reward"].append((step, m["reward"]))
+        if m[cfg.select] > history["best"][1]:
+            history["best"] = (step, m[cfg.select])
             save(cfg.out)
         return m
 
     if not resume and par.main:
         m = validate_and_keep_best()
-        print(f"step 0 val PAUC {m['pauc']:.1f}  reply turns {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
+        print(f"step 0 val reward {m['reward']:.3f}  PAUC {m['pauc']:.1f}  dup {m['duplicates']} of "
+              f"{m['replies_after_first']}  replies/ex {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
 
     # ---- loop -------------------------------------------------------------------------------------------
     # Named after the output folder (runs/toy/rl -> runs/toy/rl_log.jsonl, rl_curves.png): runs never share them.
@@ -269,7 +296,12 @@ def main():
         t_roll = time.time() - ts
         # rewards -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])
-        adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
+        if cfg.adv_per_term:
+            comps = torch.tensor([[ep.components[k] for k in WEIGHTS] for ep in episodes])
+            adv = grpo.term_advantages(comps, [getattr(cfg, w) for w in WEIGHTS.values()], cfg.group_size,
+                                       cfg.normalize_std)
+        else:
+            adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
         keep = torch.ones(len(episodes), dtype=torch.bool)
         if cfg.skip_constant_groups:
             keep = ~grpo.constant_group_mask(rewards, cfg.group_size)
@@ -289,12 +321,12 @@ def main():
                 with autocast(device):
                     pos = loss_positions(mask)  # logits only where a sampled token is predicted
                     logp = grpo.token_logprobs(net(**inputs, logits_to_keep=pos), inputs["input_ids"],
-                                               cfg.temperature, pos)
+                                               cfg.temperature, pos, banned)
                     ref_logp = None
                     if ref is not None:
                         with torch.no_grad():
                             ref_logp = grpo.token_logprobs(ref(**inputs, logits_to_keep=pos), inputs["input_ids"],
-                                                           cfg.temperature, pos)
+                                                           cfg.temperature, pos, banned)
                 # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
                 loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
                 # Each micro-batch's share of the batch-level aggregate.
@@ -324,10 +356,10 @@ def main():
         history["reward"].append((step, entry["reward"]))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = validate_and_keep_best()
-            entry["val_pauc"], entry["val_dup"] = m["pauc"], m["duplicate_ratio"]
+            entry.update(val_reward=m["reward"], val_pauc=m["pauc"], val_dup=m["duplicate_ratio"])
         print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
                        if k in ("step", "reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "reply_delay",
-                                "grad_norm", "step_s", "val_pauc", "val_dup")), flush=True)
+                                "grad_norm", "step_s", "val_reward", "val_pauc", "val_dup")), flush=True)
         log.write(json.dumps(entry) + "\n")
         log.flush()
         if step % cfg.sample_every == 0:
@@ -342,8 +374,8 @@ def main():
     if not par.main:
         return
     best_step, best = history["best"]
-    print(f"RL done in {time.time() - t0:.0f} s; best val PAUC {best:.1f} at step {best_step} is in {cfg.out}, "
-          f"the last step in {last_dir}")
+    print(f"RL done in {time.time() - t0:.0f} s; the best val {cfg.select} ({best:.3g}, step {best_step}) is in "
+          f"{cfg.out}, the last step in {last_dir}")
 
 
 if __name__ == "__main__":

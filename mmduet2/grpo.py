@@ -85,6 +85,18 @@ def group_advantages(rewards, group_size, normalize_std=True, eps=1e-6):
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
+def term_advantages(components, weights, group_size, normalize_std=True):
+    """Per-term advantages, an opt-in reward experiment (ThinkStream's idea, not MMDuet2's): each reward term is
+    normalised within its group on its own, then the terms' advantages are averaged with the reward weights, so a
+    term that rarely varies (r_rep) is not drowned by a noisy one (r_pauc). components (N, K), weights (K,) -> (N,).
+    Example (G = 2, weights 3 and 2): terms [[1, 0], [0, -1]] give per-term advantages [[.71, .71], [-.71, -.71]]
+    (normalised, eps aside), so A = [0.71, -0.71]; a term equal across the group adds 0."""
+    per_term = torch.stack([group_advantages(components[:, k], group_size, normalize_std)
+                            for k in range(components.shape[1])], 1)  # (N, K)
+    w = torch.as_tensor(weights, dtype=per_term.dtype)
+    return (per_term * w).sum(1) / w.abs().sum()
+
+
 def token_logprobs(logits, input_ids, temperature=1.0, positions=None, banned=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from mmduet2 import grpo
 from mmduet2.grpo import (Episode, GRPOConfig, constant_group_mask, group_advantages, ppo_loss,
                           token_logprobs)
 
@@ -200,3 +201,16 @@ def test_on_policy_gradient_direction():
     assert (after[0][mask[0]] > before[0][mask[0]]).all()   # A > 0: sampled tokens become more likely
     assert (after[1][mask[1]] < before[1][mask[1]]).all()   # A < 0: less likely
     torch.testing.assert_close(after[~mask], before[~mask])  # unmasked positions get no gradient
+
+
+def test_term_advantages_by_hand():
+    """Each term normalised in its group, then averaged with the weights (an opt-in, not the paper's)."""
+    comps = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.0], [0.5, 0.0]])   # two groups of 2
+    adv = grpo.term_advantages(comps, [3.0, 2.0], group_size=2)
+    a = 1 / (2 ** 0.5 + 1e-6)                      # (x - mean) / (unbiased std + eps) for a pair 1 apart
+    torch.testing.assert_close(adv, torch.tensor([a, -a, 0.0, 0.0]), atol=1e-6, rtol=0)
+    # one term only: the paper's group advantage of that term
+    torch.testing.assert_close(grpo.term_advantages(comps[:, :1], [3.0], 2), grpo.group_advantages(comps[:, 0], 2))
+    # terms that disagree cancel by their weights: r_pauc up by 1, r_rep down by 1 in the same rollout
+    adv = grpo.term_advantages(torch.tensor([[1.0, -1.0], [0.0, 0.0]]), [3.0, 2.0], 2)
+    torch.testing.assert_close(adv, torch.tensor([a / 5, -a / 5]), atol=1e-6, rtol=0)
