@@ -44,7 +44,8 @@ def _read_image(file):
         with Image.open(file) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated or broken files
-        raise VideoError(f"{file} is not a readable image ({e}): replace it or re-extract the folder's frames.") from None
+        raise VideoError(f"{file} is not a readable image ({e}): replace it or re-extract the folder's "
+                         "frames.") from None
 
 
 def video_duration(path, fps=None):
@@ -99,17 +100,7 @@ def probe_video(path, fps=None, need_seconds=None):
     """Check that a video opens, decodes its first frame, has a frame rate (a frame folder needs `fps`) and, with
     `need_seconds`, lasts that long. Returns its duration (s); raises VideoError naming the file and the fix."""
     duration = video_duration(path, fps)
-    if os.path.isdir(path):
-        _read_image(_folder_frames(path, fps)[0])
-    else:
-        try:
-            with av.open(path) as container:
-                if next(container.decode(_video_stream(container, path)), None) is None:
-                    raise VideoError(f"{path} contains no decodable video frames: re-encode it or check that it is "
-                                     "a video.")
-        except av.FFmpegError as e:
-            raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 "
-                             "OUT.mp4") from None
+    next(iter_frames(path, 1e-3, fps))  # decodes the first frame (and at most one more)
     if need_seconds is not None and duration < need_seconds - EPS:
         raise VideoError(f"{path} is {duration:.2f} s long but {need_seconds:.2f} s are needed: use the whole video "
                          "or shorten the record's duration.")
