@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mmduet2.judges import (BENCHMARK_RUBRIC, REPETITION_PROMPT, REWARD_RUBRIC, VOCAB, JudgeError, LLMJudge,
-                            RuleJudge, judge_many, parse_objects, rule_repetition_judge)
+                            RuleJudge, judge_many, parse_objects, parse_score, parse_yes_no, rule_repetition_judge)
 from mmduet2.metrics import proactive_pauc
 
 
@@ -63,7 +63,34 @@ def test_rule_repetition_judge():
     assert rule_repetition_judge(prev, "A red square appeared.") is False   # a new pair
     assert rule_repetition_judge(prev, "A green circle and a red circle.") is False
     assert rule_repetition_judge("", "A red circle appeared.") is False
-    assert rule_repetition_judge("", "Nothing new.") is True
+
+
+def test_rule_repetition_judge_reads_the_question():
+    red = "Tell me every time a red shape appears."
+    prev = "A red circle appeared."
+    # a repeat with a stray word is a repeat: "blue" says nothing about red shapes
+    assert rule_repetition_judge(prev, "A red circle appeared. A blue", red) is True
+    assert rule_repetition_judge(prev, "A red circle appeared. A blue square appeared.", red) is True
+    assert rule_repetition_judge(prev, "A red circle appeared. A red square appeared.", red) is False
+    # without the question every named object counts
+    assert rule_repetition_judge(prev, "A red circle appeared. A blue") is False
+    # naming nothing is new the first time, a repeat once the same words were said
+    assert rule_repetition_judge("", "Nothing yet.", red) is False
+    assert rule_repetition_judge(prev, "Nothing yet.", red) is False
+    assert rule_repetition_judge("Nothing yet. " + prev, "Nothing yet.", red) is True
+    assert rule_repetition_judge("Nothing yet.", "nothing YET!", red) is True
+
+
+def test_stray_word_repeat_costs_what_an_exact_repeat_costs():
+    """In the RL reward with the rule judges, "A red circle appeared. A blue" after "A red circle appeared." in
+    the same span is charged exactly like the exact repeat."""
+    from mmduet2.rewards import r_rep
+    red = "Tell me every time a red shape appears."
+    spans = [{"content": "A red circle appeared.", "reply_timespan": [0, 12], "question": red}]
+    first = (4, "A red circle appeared.")
+    exact = r_rep([first, (8, "A red circle appeared.")], spans, [], rule_repetition_judge, [(0, red)])
+    stray = r_rep([first, (8, "A red circle appeared. A blue")], spans, [], rule_repetition_judge, [(0, red)])
+    assert exact == stray < 0
 
 
 # ---- a fake OpenAI-compatible server ----------------------------------------------------------------------
@@ -135,13 +162,31 @@ def fast(url, **kw):
     return LLMJudge(url, "judge-model", **{"timeout": 2.0, "retries": 2, "backoff": 0.01, **kw})
 
 
+@pytest.mark.parametrize("text, lo, hi, want", [
+    ("3", 1, 3, 2), ("1", 1, 3, 0), ("Score: 2", 1, 3, 1), (" 2.\n", 1, 3, 1), ("**3**", 1, 3, 2),
+    ("I hesitate between 1 and 2; final score: 3", 1, 3, 2),    # the LAST digit on the scale, as the official scorer
+    ("<think>It is not a 3.</think>\n\n1", 1, 3, 0),           # digits in a think block do not count
+    ("0", 1, 3, None), ("7", 1, 3, None), ("23", 1, 3, None), ("Mostly right.", 1, 3, None), ("", 1, 3, None),
+    ("4", 0, 4, 4), ("Rating: 0.", 0, 4, 0), ("5", 0, 4, None), ("3 of 5, so 2", 0, 4, 2),
+])
+def test_parse_score_reads_the_last_digit_on_the_scale(text, lo, hi, want):
+    assert parse_score(text, lo, hi) == want
+
+
+def test_parse_yes_no():
+    assert parse_yes_no("Yes.") is True and parse_yes_no("no") is False and parse_yes_no("**No**") is False
+    assert parse_yes_no("Answer: yes") is True and parse_yes_no("<think>no?</think>yes") is True
+    assert parse_yes_no("Yes, there is no new information.") is True  # an answer starting with yes/no is that
+    assert parse_yes_no("maybe") is None and parse_yes_no("nothing") is None
+
+
 def test_scores_parsed_and_request_format(server, monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
     llm = fast(server.url, api_key_env="MY_JUDGE_KEY")
-    server.script = ["3", " 2.\n", "<think>\n</think>\n\n1", "Yes.", "no"]
+    server.script = ["3", "Score: 3", "<think>\n</think>\n\n1", "Yes.", "no"]
     assert llm.reward_score("Q?", "gold", "pred") == 3
-    assert llm.benchmark_score("Q?", "gold", "pred2") == 2
-    assert llm.benchmark_score("Q?", "gold", "pred3") == 1
+    assert llm.benchmark_score("Q?", "gold", "pred2") == 2       # the benchmark's 1..3 read as 0..2
+    assert llm.benchmark_score("Q?", "gold", "pred3") == 0
     assert llm.is_repetition("prev", "new") is True
     assert llm.is_repetition("prev", "new2") is False
     first = server.bodies[0]
@@ -152,7 +197,9 @@ def test_scores_parsed_and_request_format(server, monkeypatch):
     assert server.bodies[3]["messages"] == [{"role": "system", "content": REPETITION_PROMPT},
                                             {"role": "user", "content": "Previous Turns: prev\nNew Turn: new"}]
     assert server.headers[0]["Authorization"] == "Bearer sk-test"
-    assert llm.sent == 5 and llm.failures == 0
+    assert llm.sent == llm.asked == 5 and llm.failures == 0
+    assert "- 3: Mostly right" in BENCHMARK_RUBRIC and "- 1: Wrong" in BENCHMARK_RUBRIC
+    assert "- 0" not in BENCHMARK_RUBRIC
 
 
 def test_retries_after_server_errors(server):
@@ -191,18 +238,54 @@ def test_cache_survives_reruns_and_crashes(server, tmp_path):
     assert again.reward_score("q", "g", "new") == 2 and len(server.bodies) == 4
 
 
-def test_malformed_answers_are_failed_judgements(server, tmp_path):
-    llm = fast(server.url, cache_path=str(tmp_path / "c.jsonl"))
-    server.script = ["The answer is 3", "7", "maybe", b"not json", b'{"choices": []}']
+def test_malformed_answers_are_failed_judgements_and_never_cached(server, tmp_path):
+    cache = tmp_path / "c.jsonl"
+    llm = fast(server.url, cache_path=str(cache))
+    server.script = ["The answer is high", "7", "maybe", b"not json", b'{"choices": []}']
     assert llm.reward_score("q", "g", "a") is None
-    assert llm.benchmark_score("q", "g", "b") is None              # out of the 0..2 range
+    assert llm.benchmark_score("q", "g", "b") is None              # out of the 1..3 scale
     assert llm.is_repetition("p", "c") is None
     assert llm.reward_score("q", "g", "d") is None                 # a 200 that is not JSON
     assert llm.reward_score("q", "g", "e") is None                 # a 200 without a message
-    assert llm.failures == 5
-    # a broken response is not cached (asked again); a model's unparseable answer is (it would say it again)
-    assert llm.reward_score("q", "g", "d") == 2 and llm.reward_score("q", "g", "a") is None
-    assert len(server.bodies) == 6 and llm.failures == 6
+    assert llm.failures == 5 and llm.asked == 5 and not cache.exists()
+    # nothing unusable was cached: a later run against a working judge asks again and gets a score
+    rerun = fast(server.url, cache_path=str(cache))
+    assert rerun.reward_score("q", "g", "a") == 2 and rerun.benchmark_score("q", "g", "b") == 1
+    assert len(server.bodies) == 7 and rerun.failures == 0 and len(cache.read_text().splitlines()) == 2
+    # a cached answer that no longer parses (an older parser cached it) is asked again, not trusted
+    cache.write_text(cache.read_text().replace('"2"', '"Mostly right."'))
+    assert fast(server.url, cache_path=str(cache)).reward_score("q", "g", "a") == 2 and len(server.bodies) == 8
+
+
+def test_failure_rate_check(server):
+    llm = fast(server.url, workers=1)  # one in flight: the script's answers come in order
+    server.script = ["maybe", "2", "3", "1"]
+    assert llm.reward_score.map([("q", "g", str(n)) for n in range(4)]) == [None, 2, 3, 1]
+    llm.check_failures(0.25)                                       # 1 of 4 is not more than 25 %
+    with pytest.raises(JudgeError, match=r"failed 1 of 4 judgements \(25%, more than the allowed 10%\)"):
+        llm.check_failures(0.1)
+    fast(server.url).check_failures(0.0)                           # no judgements yet, nothing to judge by
+
+
+def test_ping_and_timeout(server):
+    server.script = ["1"]
+    fast(server.url).ping()
+    assert server.bodies[-1]["model"] == "judge-model"
+    server.script = [b'{"choices": []}']
+    with pytest.raises(JudgeError, match="answered without choices"):
+        fast(server.url).ping()
+    server.script = [404]
+    with pytest.raises(JudgeError, match="HTTP 404.*model name"):
+        fast(server.url).ping()
+    with pytest.raises(ValueError, match="timeout=0 must be a positive"):
+        fast(server.url, timeout=0)
+
+
+def test_progress_lines_while_judging(server, capsys):
+    fast(server.url, progress_every=0).reward_score.map([("q", "g", str(n)) for n in range(3)])
+    assert capsys.readouterr().err.splitlines() == [f"LLM judge: {n}/3 answers" for n in (1, 2, 3)]
+    fast(server.url).reward_score.map([("q", "g", str(n)) for n in range(3, 6)])  # quick: no line before 10 s
+    assert capsys.readouterr().err == ""
 
 
 def test_timeouts_then_error(server):
@@ -215,7 +298,7 @@ def test_timeouts_then_error(server):
     assert len(server.bodies) == 3 and time.time() - t0 < 3
 
 
-def test_unreachable_endpoint():
+def test_unreachable_endpoint():  # ping() is one request through the same path
     with socket.socket() as s:          # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -224,12 +307,14 @@ def test_unreachable_endpoint():
     with pytest.raises(JudgeError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions did not answer after 2 "
                                          r"attempts .*start the server"):
         llm.is_repetition("a", "b")
+    with pytest.raises(JudgeError, match="did not answer after 2 attempts"):
+        llm.ping()
     with pytest.raises(ValueError, match="base URL"):
         LLMJudge("", "m")
 
 
 def test_map_runs_requests_in_flight_and_dedups():
-    server = FakeServer(default=lambda user: str(len(user.split("Predicted Answer: ")[1]) % 3))
+    server = FakeServer(default=lambda user: str(len(user.split("Predicted Answer: ")[1]) % 3 + 1))  # 1..3
     try:
         server.script = [("sleep", 0.2, None)] * 6
         llm = fast(server.url, workers=4)
