@@ -27,26 +27,27 @@ from mmduet2.model import MMDuet2
 from mmduet2.stream import check_token_ids
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
-from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, loss_positions, lr_at,
-                              model_inputs, parse_config, save_checkpoint, seed_everything, sft_loss)
+from mmduet2.training import (Split, autocast, check_resume, collate, init_parallel, load_trainer_state,
+                              loss_positions, lr_at, model_inputs, parse_config, save_checkpoint, seed_everything,
+                              sft_loss)
 
 
 @dataclass
 class SFTConfig:
     data: str = "data/toy"            # folder with train.jsonl and val.jsonl
     out: str = "runs/toy/sft"         # checkpoint folder (hub layout + tokenizer.json + trainer state)
-    init: str = ""                    # hub-layout checkpoint to start from; empty = fresh model of --preset
+    init: str = "assets/toy_base"     # hub-layout checkpoint to start from (the toy's base); "" = fresh --preset
     preset: str = "toy"
-    steps: int = 2000                 # optimizer steps
+    steps: int = 600                  # optimizer steps
     batch_size: int = 8               # dialogues per micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step
-    lr: float = 2e-3                  # peak learning rate (toy from scratch; ~1e-5 for a real 3B model)
+    lr: float = 1e-3                  # peak learning rate (the toy; ~1e-5 for a real 3B model)
     weight_decay: float = 0.01
     warmup: int = 30                  # linear warm-up steps
     schedule: str = "cosine"          # constant | cosine
     grad_clip: float = 1.0
-    freeze_vision: bool = False       # keep the vision tower fixed
-    caption_mix: float = 0.5          # share of each batch that is caption dialogues (records with `objects`)
+    freeze_vision: bool = True        # keep the vision tower fixed (the paper's SFT recipe)
+    caption_mix: float = 0.25         # share of each batch that is caption dialogues (records with `objects`)
     frames_per_turn: int = 2
     frame_interval: float = 2.0       # seconds per frame in training, as the paper (inference: 1 s)
     max_pixels: int = 128 * 28 * 28
@@ -60,6 +61,8 @@ class SFTConfig:
 def main():
     # ---- setup ------------------------------------------------------------------------------------------
     cfg, resume = parse_config(SFTConfig, __doc__.splitlines()[0])
+    if resume:  # the same data and model as the run being resumed, or its saved state means something else
+        check_resume(cfg.out, cfg, ("preset", "data", "init", "frames_per_turn", "frame_interval"))
     par, device = init_parallel(cfg.device)
     log_print = print if par.main else (lambda *a, **k: None)
     log_print(json.dumps(asdict(cfg), indent=2))
@@ -129,7 +132,8 @@ def main():
         model.eval()
         losses = []
         for k in range(0, len(val), cfg.batch_size):
-            batch = collate([val.sample(i, tok) for i in range(k, min(k + cfg.batch_size, len(val)))])
+            batch = collate([val.sample(i, tok, caption=cfg.caption_mix >= 1)
+                             for i in range(k, min(k + cfg.batch_size, len(val)))])
             with autocast(device):
                 losses.append(batch_loss(model, batch).item())
         model.train()

@@ -10,6 +10,7 @@ Data parallel: under `torchrun --nproc_per_node N` each process takes its own sh
 torch's DistributedDataParallel averages the gradients; process 0 alone logs, validates and saves.
 """
 import argparse
+import functools
 import inspect
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
@@ -26,24 +28,40 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .data import build_turns, load_dialogues
+from .data import EPS, build_turns, load_dialogues
 from .dialogue import SYSTEM_PROMPT, Turn, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 from .toy import CAPTION_QUESTION, caption as caption_text
-from .video import read_frames
+from .video import VideoError, probe_video, read_frames
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Data
 
 class Split:
-    """Training dialogues of one JSONL file, with every video's frames decoded once and kept in memory."""
+    """Training dialogues of one JSONL file, with every video's frames decoded once and kept in memory.
+
+    Every video is probed at load (it opens, decodes, lasts as long as its record needs), and every problem is
+    listed in one error before training starts, rather than the first one crashing a run hours in."""
 
     def __init__(self, path, frames_per_turn=2, frame_interval=None, max_pixels=128 * 28 * 28):
+        if not frames_per_turn >= 1 or frame_interval and not 0 < frame_interval < math.inf:  # None/0: the record's
+            raise ValueError(f"--frames-per-turn {frames_per_turn} must be at least 1 and --frame-interval "
+                             f"{frame_interval} a positive number of seconds.")
         self.records = load_dialogues(path)
         self.frames_per_turn, self.frame_interval, self.max_pixels = frames_per_turn, frame_interval, max_pixels
         self._frames = {}
+        probe, problems = functools.lru_cache(maxsize=None)(probe_video), []  # records may share a video
+        for rec in self.records:
+            interval = self.interval(rec)
+            try:  # long enough for the last frame the record's turns show
+                probe(rec["video"], rec.get("fps"), math.floor(rec["duration"] / interval + EPS) * interval)
+            except VideoError as e:
+                problems.append(f"record {rec['id']}: {e}")
+        if problems:
+            raise ValueError(f"{path}: {len(problems)} of {len(self.records)} records cannot be trained on; fix or "
+                             "remove them:\n  " + "\n  ".join(problems))
 
     def __len__(self):
         return len(self.records)
@@ -67,18 +85,19 @@ class Split:
     def sample(self, i, tok, caption=False, merge_size=2):
         """The whole dialogue of record i as one training sample (the SFT view).
 
-        caption=True gives the offline caption dialogue of the same video instead: Qwen's default system
-        prompt, one question, and every turn answered with what its last frame shows (needs the record's
-        `objects` annotation, which ShapeWatch writes). The paper mixes such data into SFT; here it is what
-        teaches a from-scratch vision tower colours and shapes quickly."""
+        caption=True gives an offline caption dialogue of the same video instead: Qwen's default system prompt,
+        and every user turn asks what its last frame shows and gets the answer (needs the record's `objects`
+        annotation, which ShapeWatch writes). The question is asked again on every turn, so it is plain
+        multi-turn QA and never the streaming layout, where answering every turn would teach repeating oneself.
+        The paper mixes such data into SFT; the toy's base model is trained on it alone (train_sft.py)."""
         frames, specs = self.frames(i), self.turns(i)
         used = [frames[k - 1] for s in specs for k in s.frame_indices]
         pixel_values, grid = self.pixels(used)
         tokens_per_frame = int(grid[0].prod()) // merge_size ** 2
         if caption:
             objects = self.records[i]["objects"]
-            turns = [Turn(s.time, len(s.frame_indices), CAPTION_QUESTION if k == 0 else None,
-                          caption_text(objects, s.time)) for k, s in enumerate(specs)]
+            turns = [Turn(s.time, len(s.frame_indices), CAPTION_QUESTION, caption_text(objects, s.time))
+                     for s in specs]
         else:
             turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
         ids, mask = render_dialogue(tok, turns, tokens_per_frame,
@@ -265,6 +284,24 @@ def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_resume(ckpt_dir, cfg, fields):
+    """Exit with one sentence if the train_config.json in ckpt_dir differs from `cfg` (a config dataclass) in any
+    of `fields`: a resumed run must go on with the data and model it started with."""
+    path = os.path.join(ckpt_dir, "train_config.json")
+    if not os.path.isfile(path):
+        sys.exit(f"{path} not found: --resume needs a checkpoint written by this script.")
+    with open(path) as f:
+        saved = json.load(f)
+
+    def norm(v):  # "data/toy/" is "data/toy"; a tuple is the list JSON made of it
+        return os.path.normpath(v) if isinstance(v, str) and v else json.loads(json.dumps(v))
+    now = asdict(cfg)
+    diff = [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {now[k]!r})" for k in fields
+            if norm(saved.get(k)) != norm(now[k])]
+    if diff:
+        sys.exit(f"{ckpt_dir} was trained with {', '.join(diff)}: resume with the same flags, or start a new --out.")
 
 
 def load_trainer_state(ckpt_dir, optimizer):

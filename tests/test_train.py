@@ -1,10 +1,12 @@
 """Training end to end on tiny settings: SFT lowers the loss, resume is exact, and the whole toy chain
 (data -> SFT -> RL -> eval) runs through the same command lines the README gives."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,8 @@ from mmduet2.config import preset
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import train_toy_tokenizer
 from mmduet2.toy import ensure_toy_data
-from mmduet2.training import Split, collate, loss_positions, model_inputs, sft_loss
+from mmduet2.training import Split, check_resume, collate, loss_positions, model_inputs, sft_loss
+from mmduet2.video import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SFT = ["--steps", "4", "--batch-size", "2", "--eval-every", "2", "--save-every", "2", "--warmup", "1"]
@@ -23,12 +26,13 @@ def data(tmp_path_factory):
     return ensure_toy_data(str(tmp_path_factory.mktemp("toy") / "data"), train=6, val=4, test=4, log=None)
 
 
-def run(script, *args):
+def run(script, *args, ok=True):
+    """The script's stdout; with ok=False it must fail, and its stderr is returned."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
                           env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    assert (proc.returncode == 0) == ok, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout if ok else proc.stderr
 
 
 def test_one_sft_step_lowers_the_loss(data):
@@ -66,6 +70,44 @@ def test_sft_resume_is_exact(data, tmp_path):
     assert set(a) == set(b) == {1, 2, 3, 4}
     for step in (3, 4):  # the steps after the resume
         assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+
+def test_split_lists_every_unusable_video_at_load(tmp_path):
+    """A video shorter than its record's duration used to crash training with an IndexError much later."""
+    frames = [np.full((28, 28, 3), 30 * j, np.uint8) for j in range(8)]
+    write_video(str(tmp_path / "ok.mp4"), frames, fps=2)            # 4 s
+    write_video(str(tmp_path / "short.mp4"), frames[:4], fps=2)     # 2 s
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500)
+    recs = [{"id": name, "video": f"{video}.mp4", "duration": 4.0, "kind": "1qna",
+             "questions": [{"time": 0, "text": "Q?"}], "answers": []}
+            for name, video in (("a", "ok"), ("b", "short"), ("c", "broken"), ("d", "ok"))]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ValueError, match=r"train.jsonl: 2 of 4 records cannot be trained on") as err:
+        Split(str(path))
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 2 and "record b: " in lines[0] and "short.mp4 is 2.00 s long but 4.00 s are needed" in lines[0]
+    assert "record c: " in lines[1] and "broken.mp4 could not be decoded" in lines[1]
+    path.write_text("".join(json.dumps({**r, "duration": 2.0}) + "\n" for r in recs[:2]))
+    assert len(Split(str(path))) == 2                                # 2 s is all these records need now
+    with pytest.raises(ValueError, match="--frames-per-turn 0 must be at least 1"):
+        Split(str(path), frames_per_turn=0)
+
+
+def test_sft_resume_checks_the_config(data, tmp_path):
+    out = tmp_path / "sft"
+    one_step = ["--data", data, "--out", str(out), "--init", "", "--steps", "1", "--batch-size", "1",
+                "--eval-every", "1", "--save-every", "1", "--warmup", "1"]
+    run("train_sft.py", *one_step)
+    err = run("train_sft.py", *one_step, "--preset", "small", "--resume", ok=False)
+    assert f"{out} was trained with --preset 'toy' (now 'small'): resume with the same flags" in err
+    assert "Traceback" not in err
+    saved = json.load(open(out / "train_config.json"))
+    Cfg = dataclasses.make_dataclass("Cfg", list(saved))
+    check_resume(str(out), Cfg(**{**saved, "data": data + "/"}), ("preset", "data"))   # the same folder
+    with pytest.raises(SystemExit, match=r"--data .* \(now 'other'\), --frame-interval 2.0 \(now 1.0\)"):
+        check_resume(str(out), Cfg(**{**saved, "data": "other", "frame_interval": 1.0}),
+                     ("preset", "data", "frame_interval"))
 
 
 def test_toy_chain_smoke(data, tmp_path):
@@ -165,3 +207,38 @@ def test_rl_with_lora_changes_only_the_targets(data, tmp_path):
     assert set(before) == set(after)  # no lora_A / lora_B keys: merged on save
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), sorted(changed)
+
+
+def test_toy_base_command_at_tiny_size(data, tmp_path):
+    """The command that rebuilds assets/toy_base (README), at tiny size: a caption-only model from scratch that
+    the default SFT then starts from, vision frozen."""
+    base, sft = tmp_path / "base", tmp_path / "sft"
+    run("train_sft.py", "--data", data, "--out", str(base), "--init", "", "--no-freeze-vision", "--caption-mix", "1",
+        *TINY_SFT)
+    assert json.load(open(base / "train_config.json"))["caption_mix"] == 1.0
+    run("train_sft.py", "--data", data, "--out", str(sft), "--init", str(base), *TINY_SFT)
+    a, b = (MMDuet2.from_pretrained(str(p)).state_dict() for p in (base, sft))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))         # frozen vision
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("model.layers."))
+
+
+def test_seeds_benchmark_at_tiny_size(data, tmp_path):
+    """bench.seeds runs the chain per seed, prints each seed and mean +- std, and reuses finished stages."""
+    tiny_rl = (f"--data {data} --steps 1 --prompts-per-step 2 --group-size 2 --eval-every 1 --eval-examples 2 "
+               "--max-new-tokens 4")
+    args = ["-m", "bench.seeds", "--seeds", "0", "1", "--out", str(tmp_path / "seeds"),
+            "--sft-args", f"--data {data} " + " ".join(TINY_SFT), "--rl-args", tiny_rl,
+            "--gold", os.path.join(data, "test_proactive.json"), "--video-root", data, "--eval-args", "--max-new-tokens 4"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "seed 0" in out.stdout and "seed 1" in out.stdout and "mean +- std" in out.stdout
+    assert "RL - SFT PAUC" in out.stdout and "duplicates pooled over the seeds" in out.stdout
+    assert "SFT probe shape / colour" in out.stdout
+    for seed in (0, 1):
+        m = json.load(open(tmp_path / "seeds" / f"s{seed}" / "eval" / "rl" / "metrics.json"))
+        assert m["n"] == 2 and 0 <= m["pauc"] <= 100
+    done = tmp_path / "seeds" / "s0" / "sft.done"
+    stamp = done.stat().st_mtime
+    again = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert again.returncode == 0 and done.stat().st_mtime == stamp            # nothing was trained again
