@@ -17,7 +17,7 @@ import sys
 
 from mmduet2.data import load_proactive_records
 from mmduet2.evaluate import checkpoint_id, load_predictions, predict_records, score
-from mmduet2.judges import LLMJudge, RuleJudge
+from mmduet2.judges import JudgeError, LLMJudge, RuleJudge
 from mmduet2.plot import draw_timeline
 from mmduet2.stream import StreamConfig, load_checkpoint
 from mmduet2.training import pick_device
@@ -40,6 +40,9 @@ def parse_args():
     p.add_argument("--judge", choices=["rule", "llm"], help="default: rule for ShapeWatch records, llm otherwise")
     p.add_argument("--judge-url", default="", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--judge-model", default="", help="model name the endpoint serves")
+    p.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request before a retry")
+    p.add_argument("--judge-max-failures", type=float, default=0.1,
+                   help="stop when more than this share of the judgements failed (unusable answers)")
     p.add_argument("--frame-interval", type=float,
                    help="seconds between frames; default 1 s (the paper's inference setting), 2 s on ShapeWatch")
     p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
@@ -67,8 +70,13 @@ def main():
     if judge_kind == "llm":
         if not (args.judge_url and args.judge_model):
             sys.exit("The LLM judge needs --judge-url and --judge-model (or pass --judge rule for ShapeWatch).")
-        judge = LLMJudge(args.judge_url, args.judge_model, cache_path=os.path.join(args.out, "judge_cache.jsonl"))
-        judge = judge.benchmark_score
+        llm = LLMJudge(args.judge_url, args.judge_model, cache_path=os.path.join(args.out, "judge_cache.jsonl"),
+                       timeout=args.judge_timeout)
+        try:
+            llm.ping()  # before hours of streaming, not after
+        except JudgeError as e:
+            sys.exit(str(e))
+        judge = llm.benchmark_score
     else:
         judge = RuleJudge(max_score=2)
 
@@ -82,7 +90,7 @@ def main():
     # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (docs).
     interval = args.frame_interval or (2.0 if shapewatch else 1.0)
     try:
-        cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens)
+        cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens, keep_pixels=False)
     except ValueError as e:
         sys.exit(str(e))
     results = {}
@@ -108,7 +116,12 @@ def main():
             print(f"[{name}] video of {q} failed, scored as silence: {e}", file=sys.stderr)
         if len(failed) == len(records):
             sys.exit(f"[{name}] every video failed: nothing was predicted (see the errors above).")
-        metrics = score(records, preds, judge, failed)
+        try:
+            metrics = score(records, preds, judge, failed)
+            if judge_kind == "llm":
+                llm.check_failures(args.judge_max_failures)
+        except JudgeError as e:
+            sys.exit(f"[{name}] {e}")
         metrics["failed"] = [{"question_id": q, "error": e} for q, e in failed]
         metrics["frame_interval"] = interval
         write_json(os.path.join(out, "metrics.json"), metrics)

@@ -35,15 +35,15 @@ from mmduet2 import grpo
 from mmduet2.data import load_proactive_records
 from mmduet2.dialogue import NO_REPLY
 from mmduet2.evaluate import predict_records, score
-from mmduet2.judges import LLMJudge, RuleJudge, rule_repetition_judge
+from mmduet2.judges import JudgeError, LLMJudge, RuleJudge, rule_repetition_judge
 from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids, unsayable_ids
 from mmduet2.tokenizer import Tokenizer
-from mmduet2.training import (Split, autocast, collate, init_parallel, load_trainer_state, loss_positions,
-                              model_inputs, parse_config, save_checkpoint, seed_everything)
+from mmduet2.training import (Split, autocast, check_resume, collate, init_parallel, load_trainer_state,
+                              loss_positions, model_inputs, parse_config, save_checkpoint, seed_everything)
 
 
 @dataclass
@@ -82,6 +82,8 @@ class RLConfig:
     judge: str = "rule"                # rule | llm
     judge_url: str = ""                # OpenAI-compatible base URL for --judge llm
     judge_model: str = ""              # model name served there
+    judge_timeout: float = 60.0        # seconds per judge request before a retry
+    judge_max_failures: float = 0.1    # stop when more than this share of the judgements failed
     lora_rank: int = 0                 # 0 = full fine-tuning
     lora_alpha: float = 32.0           # LoRA scale is alpha / rank
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # decoder linears to adapt
@@ -190,7 +192,11 @@ def main():
                            loss_agg=cfg.loss_agg, temperature=cfg.temperature, group_size=cfg.group_size)
     rcfg = RewardConfig(w_pauc=cfg.w_pauc, w_rep=cfg.w_rep, w_out=cfg.w_out, w_pfx=cfg.w_pfx, out_mode=cfg.out_mode)
     if cfg.judge == "llm":
-        llm = LLMJudge(cfg.judge_url, cfg.judge_model)
+        llm = LLMJudge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout)
+        try:
+            llm.ping()  # before the first rollout, not after it
+        except JudgeError as e:
+            sys.exit(str(e))
         sim_judge, rep_judge, bench_judge = llm.reward_score, llm.is_repetition, llm.benchmark_score
     else:
         sim_judge, rep_judge = RuleJudge(max_score=4, precision=True), rule_repetition_judge
@@ -211,6 +217,8 @@ def main():
     # on test. LoRA never changes the base weights, so a LoRA run
     # resumes from the SFT weights plus the adapters saved in trainer_state.pt.
     last_dir = cfg.out.rstrip("/") + "_last"
+    if resume:  # the saved adapters and optimizer state belong to one base model and data
+        check_resume(last_dir, cfg, ("sft", "data", "lora_rank", "lora_targets"))
     src = last_dir if resume and not cfg.lora_rank else cfg.sft
     if not os.path.exists(os.path.join(src, "config.json")):
         sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
@@ -238,7 +246,7 @@ def main():
             if loaded.unexpected_keys or any(".lora_" in k for k in loaded.missing_keys):
                 sys.exit(f"the adapters in {last_dir} do not fit --lora-targets {cfg.lora_targets}: resume with the "
                          "targets the run was started with.")
-    eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens)
+    eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, keep_pixels=False)
     video_root = cfg.data
 
     def validate():
@@ -296,6 +304,11 @@ def main():
         t_roll = time.time() - ts
         # rewards -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])
+        if cfg.judge == "llm":  # a judge answering nonsense would otherwise train on a constant reward
+            try:
+                llm.check_failures(cfg.judge_max_failures)
+            except JudgeError as e:
+                sys.exit(f"step {step + 1}: {e}")
         if cfg.adv_per_term:
             comps = torch.tensor([[ep.components[k] for k in WEIGHTS] for ep in episodes])
             adv = grpo.term_advantages(comps, [getattr(cfg, w) for w in WEIGHTS.values()], cfg.group_size,
@@ -350,6 +363,7 @@ def main():
                  "reply_delay": float(np.mean(delays)) if delays else None, "grad_norm": grad_norm,
                  "tokens_per_s": sum(len(ep.input_ids) for ep in episodes) / (time.time() - ts),
                  "rollout_s": t_roll, "step_s": time.time() - ts,
+                 "judge_failures": llm.failures if cfg.judge == "llm" else 0,
                  **{k: v / max(1, n_seen) for k, v in stats_sum.items()}}
         if not par.main:
             continue

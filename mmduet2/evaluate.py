@@ -9,6 +9,7 @@ scored: a video that could not be decoded has no predictions and scores 0.25 per
 benchmark's scorer, and the failures are counted in the metrics.
 """
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -18,7 +19,7 @@ import torch
 from .dialogue import NO_REPLY
 from .metrics import proactive_pauc
 from .stream import Streamer
-from .video import VideoError, read_frames
+from .video import VideoError, iter_frames, probe_video
 
 
 def silent(text):
@@ -28,17 +29,26 @@ def silent(text):
 
 @torch.no_grad()
 def stream_videos(model, tok, videos, cfg):
-    """videos: [(frames, question asked at time 0)] -> per video, every turn as (time, reply or None if silent)."""
+    """videos: [(frames, question asked at time 0)], frames any iterable (a list, or video.iter_frames decoding as
+    the stream reaches them). Returns per video every turn as (time, reply or None if silent), or the VideoError
+    that stopped it."""
     rows = [Streamer(model, tok, cfg) for _ in videos]
     batch = Streamer.concat(rows) if len(rows) > 1 else rows[0]
-    f, turns = cfg.frames_per_turn, [[] for _ in videos]
-    for k in range(0, max(len(frames) for frames, _ in videos), f):
-        frames = [fr[k:k + f] if k < len(fr) else None for fr, _ in videos]
+    sources, turns = [iter(frames) for frames, _ in videos], [[] for _ in videos]
+    for k in itertools.count():
+        frames = []
+        for i, src in enumerate(sources):
+            try:  # a row whose video has ended (or failed) sits the remaining turns out
+                chunk = [] if isinstance(turns[i], VideoError) else list(itertools.islice(src, cfg.frames_per_turn))
+            except VideoError as e:
+                turns[i], chunk = e, []
+            frames.append(chunk or None)
+        if all(f is None for f in frames):
+            return turns
         answers = batch.step_rows(frames, [q if k == 0 else None for _, q in videos], [None] * len(videos))
         for i, fr in enumerate(frames):
             if fr is not None:
                 turns[i].append((batch.row_time(i), None if silent(answers[i]) else answers[i]))
-    return turns
 
 
 def checkpoint_id(path):
@@ -100,13 +110,18 @@ def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=pr
     for k in range(0, len(todo), batch_size):
         videos, recs = [], []
         for rec in todo[k:k + batch_size]:
-            try:
-                videos.append((read_frames(os.path.join(video_root, rec["video"]), cfg.frame_interval)[0],
+            path = os.path.join(video_root, rec["video"])
+            try:  # checked before streaming, decoded as the stream reaches each frame
+                probe_video(path, rec.get("fps"))
+                videos.append(((f for f, _ in iter_frames(path, cfg.frame_interval, rec.get("fps"))),
                                rec["conversation"][0]["content"]))
                 recs.append(rec)
             except VideoError as e:
                 failed.append((rec["question_id"], str(e)))
         for rec, turns in zip(recs, stream_videos(model, tok, videos, cfg) if videos else []):
+            if isinstance(turns, VideoError):
+                failed.append((rec["question_id"], str(turns)))
+                continue
             row = {"replies": [{"time": t, "content": r} for t, r in turns if r is not None],
                    "turn_times": [t for t, _ in turns]}
             preds[rec["question_id"]] = row
