@@ -39,7 +39,7 @@ from mmduet2.judges import JudgeError, LLMJudge, RuleJudge, rule_repetition_judg
 from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
-from mmduet2.rewards import RewardConfig, proactive_reward
+from mmduet2.rewards import RewardConfig, proactive_reward, turn_penalties
 from mmduet2.stream import StreamConfig, Streamer, check_token_ids, unsayable_ids
 from mmduet2.tokenizer import Tokenizer
 from mmduet2.training import (Split, autocast, check_resume, collate, init_parallel, load_trainer_state,
@@ -73,6 +73,7 @@ class RLConfig:
     kl_coef: float = 0.0
     loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
     adv_per_term: bool = False         # not the paper's: normalise each reward term in its group, then weight
+    turn_credit: float = 0.0           # not the paper's: extra advantage -C on a repeating or off-span turn's tokens
     # reward weights (mmduet2/rewards.py holds the terms)
     w_pauc: float = 3.0                # weight of r_pauc, answer quality integrated over time
     w_rep: float = 2.0                 # weight of r_rep, the repetition penalty
@@ -111,7 +112,7 @@ def episode_window(specs, rng, cfg):
     return ctx, [s for s in specs if start < s.time <= start + length]
 
 
-def rollout(model, tok, split, prompts, rng, cfg, reward_fn):
+def rollout(model, tok, split, prompts, rng, cfg, reward_fn, penalty_fn=None):
     """G trajectories for each prompt, played as one batch; returns a list of grpo.Episode, group by group.
 
     Each prompt's context turns are prefilled once and the cache expanded to its G rows; then the groups are
@@ -153,7 +154,9 @@ def rollout(model, tok, split, prompts, rng, cfg, reward_fn):
             total, comps = reward_fn(turns, answers, context_replies, questions)
             episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
                                          turns=turns, reward=total, components=comps, pixel_values=pixel_values,
-                                         image_grid_thw=grids, answers=answers))
+                                         image_grid_thw=grids, answers=answers,
+                                         turn_penalties=penalty_fn and penalty_fn(turns, answers, context_replies,
+                                                                                  questions)))
     return episodes
 
 
@@ -204,6 +207,9 @@ def main():
 
     def reward_fn(turns, answers, context_replies, questions):
         return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg, questions)
+
+    def penalty_fn(turns, answers, context_replies, questions):
+        return turn_penalties(turns, answers, context_replies, rep_judge, questions)
 
     # ---- data -------------------------------------------------------------------------------------------
     train = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
@@ -300,7 +306,8 @@ def main():
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
-        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn)
+        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn,
+                           penalty_fn if cfg.turn_credit else None)
         t_roll = time.time() - ts
         # rewards -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])
@@ -341,7 +348,10 @@ def main():
                             ref_logp = grpo.token_logprobs(ref(**inputs, logits_to_keep=pos), inputs["input_ids"],
                                                            cfg.temperature, pos, banned)
                 # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
-                loss, stats = grpo.ppo_loss(logp, logp.detach(), adv[part].to(device), mask, gcfg, ref_logp)
+                adv_part = adv[part] if not cfg.turn_credit else grpo.turn_advantages(
+                    adv[part], [episodes[i].sampled_mask for i in part], [episodes[i].turn_penalties for i in part],
+                    cfg.turn_credit)
+                loss, stats = grpo.ppo_loss(logp, logp.detach(), adv_part.to(device), mask, gcfg, ref_logp)
                 # Each micro-batch's share of the batch-level aggregate.
                 weight = mask.sum().item() / n_tokens if cfg.loss_agg == "token_mean" else len(part) / len(idx)
                 (loss * weight).backward()

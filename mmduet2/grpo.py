@@ -34,6 +34,7 @@ class Episode:
     pixel_values: torch.Tensor = None    # the trajectory's frames, re-fed when log-probs are recomputed
     image_grid_thw: torch.Tensor = None
     answers: list = field(default_factory=list)     # gold answers of the window, for logging
+    turn_penalties: list = None         # per played turn, for the opt-in per-turn credit (`turn_advantages`)
 
     def __post_init__(self):
         if len(self.input_ids) != len(self.sampled_mask):
@@ -97,6 +98,26 @@ def term_advantages(components, weights, group_size, normalize_std=True):
     return (per_term * w).sum(1) / w.abs().sum()
 
 
+def turn_advantages(advantages, sampled_masks, turn_penalties, credit):
+    """Per-turn credit, an opt-in reward experiment (StreamPro mixes turn- and trajectory-level rewards; MMDuet2
+    does not): every sampled token gets its trajectory's advantage, and the tokens of a turn the reward penalises
+    (a repeat, or talk outside every gold span) get `credit` times its penalty (<= 0) on top, so the update can
+    tell which turn of a long episode was the mistake. sampled_masks: per trajectory its sampled-token mask, whose
+    runs of True are its played turns in order; turn_penalties: per trajectory one value per played turn.
+    Returns (N, T_max) float, zero past each trajectory's end.
+    Example: A = 0.5, mask [F, T, T, F, T], penalties [0, -1], credit 1 -> [0.5, 0.5, 0.5, 0.5, -0.5]."""
+    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)))
+    for i, (mask, pens) in enumerate(zip(sampled_masks, turn_penalties)):
+        out[i, :len(mask)] = float(advantages[i])
+        turn, prev = -1, False
+        for t, m in enumerate(mask):
+            turn += m and not prev
+            prev = m
+            if m:
+                out[i, t] += credit * pens[turn]
+    return out
+
+
 def token_logprobs(logits, input_ids, temperature=1.0, positions=None, banned=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 
@@ -131,11 +152,13 @@ def ppo_loss(logprobs, old_logprobs, advantages, mask, cfg, ref_logprobs=None):
         traj_token_mean: mean_i (sum_t m_it l_it / n_i)        (the paper)
         token_mean:      sum_it m_it l_it / sum_i n_i
         seq_sum:         mean_i (sum_t m_it l_it / cfg.seq_sum_norm)   (Dr.GRPO)
-    logprobs, old_logprobs, ref_logprobs (B, T); advantages (B,); mask (B, T) bool.
+    logprobs, old_logprobs, ref_logprobs (B, T); advantages (B,), or (B, T) per token (`turn_advantages`);
+    mask (B, T) bool.
     """
     mask = mask.bool()
     m = mask.float()
-    adv = advantages.to(logprobs.dtype)[:, None]  # (B, 1): one advantage for every token of a trajectory
+    adv = advantages.to(logprobs.dtype)
+    adv = adv[:, None] if adv.dim() == 1 else adv  # (B, 1): one advantage for every token of a trajectory
     # Masked positions (context, padding) may hold anything; zero their log-ratio before exp() so no inf appears.
     log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))
     ratio = log_ratio.exp()

@@ -86,6 +86,25 @@ def r_pauc(turns, answers, sim_judge, cfg=RewardConfig()):
     return sum(areas) / len(areas) if areas else 0.0
 
 
+def _repetitions(turns, context_replies, rep_judge, questions=()):
+    """The repetition walk of r_rep: ({turn index: True (repeat) | False | None (failed)} for every non-silent
+    turn, the set of exact repeats)."""
+    def question_at(t):
+        return next((q for qt, q in sorted(questions, reverse=True) if qt <= t), None)
+
+    seen, exact, asked, requests = list(context_replies), set(), [], []
+    for i, (t, text) in enumerate(turns):
+        if _silent(text):
+            continue
+        if text in seen:
+            exact.add(i)
+            continue
+        asked.append(i)
+        requests.append((" ".join(seen), text, question_at(t)))
+        seen.append(text)
+    return {i: True for i in exact} | dict(zip(asked, judge_many(rep_judge, requests))), exact
+
+
 def r_rep(turns, answers, context_replies, rep_judge, questions=(), recount_repeats=True):
     """Minus the mean repetition count (<= 0; 0 when nothing is counted).
 
@@ -100,20 +119,7 @@ def r_rep(turns, answers, context_replies, rep_judge, questions=(), recount_repe
     Example: A -> 0, B -> 1, C -> 0, and C is the 2nd reply of span [3,9] -> 0 again: counts [0, 1, 0, 0],
     r_rep = -0.25 (the same under both rules: nothing is repeated exactly).
     """
-    def question_at(t):
-        return next((q for qt, q in sorted(questions, reverse=True) if qt <= t), None)
-
-    seen, exact, asked, requests = list(context_replies), set(), [], []
-    for i, (t, text) in enumerate(turns):
-        if _silent(text):
-            continue
-        if text in seen:
-            exact.add(i)
-            continue
-        asked.append(i)
-        requests.append((" ".join(seen), text, question_at(t)))
-        seen.append(text)
-    verdict = {i: True for i in exact} | dict(zip(asked, judge_many(rep_judge, requests)))
+    verdict, exact = _repetitions(turns, context_replies, rep_judge, questions)
     counts = [int(v) for v in verdict.values() if v is not None]
     for ans in _live(turns, answers):
         said = []
@@ -157,6 +163,17 @@ def r_pfx(turns, context_replies, prefix_chars=50):
         if not _silent(text) and any(len(os.path.commonprefix([e, text])) >= prefix_chars for e in earlier):
             hits += 1
     return -hits / len(turns) if turns else 0.0
+
+
+def turn_penalties(turns, answers, context_replies, rep_judge, questions=()):
+    """Per turn (in time order) -1 if its reply repeats what was said before (exactly or by the judge, as in r_rep)
+    or speaks outside every gold span, else 0: the turn-level signal of `grpo.turn_advantages` (an opt-in
+    experiment; the paper's reward is the trajectory total alone).
+    Example: METHOD's rollout -> [0, 0, 0, 0, -1, 0, 0, 0] (t5 repeats the context reply)."""
+    turns = sorted(((float(t), text) for t, text in turns), key=lambda x: x[0])
+    verdict, _ = _repetitions(turns, context_replies, rep_judge, questions)
+    return [-float(bool(verdict.get(i)) or not _silent(text) and not any(_inside(t, a) for a in answers))
+            for i, (t, text) in enumerate(turns)]
 
 
 def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weights=None, questions=()):

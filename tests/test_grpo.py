@@ -214,3 +214,16 @@ def test_term_advantages_by_hand():
     # terms that disagree cancel by their weights: r_pauc up by 1, r_rep down by 1 in the same rollout
     adv = grpo.term_advantages(torch.tensor([[1.0, -1.0], [0.0, 0.0]]), [3.0, 2.0], 2)
     torch.testing.assert_close(adv, torch.tensor([a / 5, -a / 5]), atol=1e-6, rtol=0)
+
+
+def test_turn_advantages_by_hand():
+    """Per-turn credit (an opt-in, not the paper's): runs of sampled tokens are the turns."""
+    adv = grpo.turn_advantages(torch.tensor([0.5, -1.0]), [[False, True, True, False, True], [True, False, True]],
+                               [[0.0, -1.0], [-1.0, 0.0]], credit=1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.5, 0.5, -0.5], [-2.0, -1.0, -1.0, 0.0, 0.0]]))
+    # per-token advantages go through the PPO loss like per-trajectory ones
+    mask = torch.tensor([[False, True, True, False, True]])
+    lp = torch.zeros(1, 5, requires_grad=True)
+    loss, _ = ppo_loss(lp, lp.detach(), adv[:1], mask, GRPOConfig())
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.5, -0.5, 0.0, 0.5]]) / 3)

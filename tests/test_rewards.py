@@ -130,3 +130,12 @@ def test_r_pfx_boundary():
     assert r_pfx([(1, copy)], [B]) == -1.0                          # a context reply counts as earlier
     # NO REPLY turns never count, even with a threshold below their length
     assert r_pfx([(1, N), (2, N)], [], prefix_chars=3) == 0.0
+
+
+def test_turn_penalties():
+    """-1 on a turn that repeats (exactly or by the judge) or speaks outside every span; METHOD's rollout."""
+    from mmduet2.rewards import turn_penalties
+    assert turn_penalties(TURNS, ANSWERS, CONTEXT, Rep({A: False, B: True, C: False})) == [0, 0, 0, 0, -1, 0, 0, 0]
+    turns = TURNS + [(10, "late talk"), (11, N), (12, A)]
+    pens = turn_penalties(turns, ANSWERS, CONTEXT, Rep({A: False, B: False, C: False, "late talk": False}))
+    assert pens == [0, 0, 0, 0, 0, 0, 0, 0, -1, 0, -1]     # t10 outside; t12 outside and an exact repeat of A
