@@ -1,7 +1,7 @@
 """Per-turn cost of streaming: the KV cache against recomputing the prefix, and against transformers' own cache.
 
 One turn = 2 frames of 112x112 px (16 tokens each) plus template text, then 4 decoded tokens fed one at a time,
-as the streaming engine runs it (METHOD.md section 1). Printed per preset at turns 1, 32 and 128 (fastest of
+as the streaming engine runs it (docs/method.md section 1). Printed per preset at turns 1, 32 and 128 (fastest of
 that turn and the four before it, of turns 1-5 for turn 1, since other jobs on a shared CPU only ever add
 time; milliseconds, after a 2-turn warm-up):
   cached      mmduet2 with one KVCache kept across turns (chunk + 4 one-token steps)

@@ -1,12 +1,12 @@
 """Memory and time of one RL update step with Qwen's 151,936-token vocabulary: logits everywhere, or only where a
 sampled token is predicted (`logits_to_keep=positions`, what train_rl.py and train_sft.py do).
 
-One text-only trajectory of --length tokens of which --sampled are assistant tokens (a long video dialogue is
-mostly frames and template; METHOD's 60 s episode at 1 s a frame is ~14k tokens, ~300 of them sampled), through
-the `small` preset with the vocabulary widened to Qwen's: forward, token log-probs at the sampling temperature,
-PPO loss, backward. Each variant runs in a fresh process; printed: the peak memory the step adds on top of the
-model (CUDA: max_memory_allocated; CPU: growth of the process's peak resident set; both include the parameters'
-gradients, the same in both variants) and the faster of 2 steps.
+One text-only trajectory of --length tokens of which --sampled are assistant tokens (a long video dialogue is mostly
+frames and template; a 60 s episode of docs/method.md section 3.2 at 1 s a frame is ~14k tokens, ~300 of them
+sampled), through the `small` preset with the vocabulary widened to Qwen's: forward, token log-probs at the sampling
+temperature, PPO loss, backward. Each variant runs in a fresh process; printed: the peak memory the step adds on top
+of the model (CUDA: max_memory_allocated; CPU: growth of the process's peak resident set; both include the
+parameters' gradients, the same in both variants) and the faster of 2 steps.
 
     python -m bench.bench_update [--length 4096] [--sampled 200] [--device cpu]
 """

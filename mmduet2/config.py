@@ -1,6 +1,6 @@
 """Model configuration: the Qwen2.5-VL shapes as small dataclasses, read from and written to a hub config.json.
 
-MMDuet2 keeps Qwen2.5-VL-3B unchanged (METHOD.md section 2), so the config is Qwen's. Two config.json layouts
+MMDuet2 keeps Qwen2.5-VL-3B unchanged (docs/method.md section 2), so the config is Qwen's. Two config.json layouts
 occur on the hub: the original one (text fields flat at the top level, `rope_scaling.mrope_section`,
 `vision_config.in_chans`) and the newer writers' one (text fields nested under `text_config`,
 `rope_parameters`, `in_channels`). `ModelConfig.from_hf` reads both; `to_hf` writes the flat layout, which real

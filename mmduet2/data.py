@@ -1,14 +1,15 @@
 """Proactive dialogue data: loading and checking annotation files, and laying a dialogue out as turns.
 
-Two formats (both in CONTRACT.md). The training-dialogue JSONL holds one streaming dialogue per line (questions
-with times, answers with related / reply time spans, 1QnA or nQnA); ProactiveVideoQA JSON (METHOD.md section 4)
-is the benchmark's list of records with one question at time 0 and gold answer turns. Every record is checked
-on load, and a bad one stops loading with one sentence naming the file, the record and the field.
+Two formats (both in docs/scaling.md, "Data formats"). The training-dialogue JSONL holds one streaming dialogue per
+line (questions with times, answers with related / reply time spans, 1QnA or nQnA); ProactiveVideoQA JSON
+(docs/method.md section 4) is the benchmark's list of records with one question at time 0 and gold answer turns.
+Every record is checked on load, and a bad one stops loading with one sentence naming the file, the record and the
+field.
 
-`build_turns` is the SFT layout of METHOD.md section 1: each turn shows the next `frames_per_turn` frames and
-is stamped with the time of its last frame; a question joins the first turn at or after it; an answer's reply
-sits on the LAST turn inside its reply span (the paper's SFT placement: the reply comes once the scene has been
-seen), an immediate answer on its question's own turn; every other turn replies "NO REPLY". Departures: two
+`build_turns` is the SFT layout of docs/method.md sections 1 and 3.1: each turn shows the next `frames_per_turn`
+frames and is stamped with the time of its last frame; a question joins the first turn at or after it; an answer's
+reply sits on the LAST turn inside its reply span (the paper's SFT placement: the reply comes once the scene has
+been seen), an immediate answer on its question's own turn; every other turn replies "NO REPLY". Departures: two
 answers landing on one turn are joined with a space, the later-ending one first; a question after the last turn
 (the video ends within one turn) is dropped with its answers; the last turn may hold fewer frames.
 """

@@ -1,4 +1,4 @@
-"""A proactive video dialogue as ChatML token chunks (METHOD.md section 1).
+"""A proactive video dialogue as ChatML token chunks (docs/method.md section 1).
 
 A streaming video is an ordinary Qwen2.5-VL chat: every user turn carries the next frames (each its own
 image, `<|vision_start|><|image_pad|>*N<|vision_end|>`) and, when the user speaks, text after them; every
@@ -58,7 +58,7 @@ def reply_ids(tok, text) -> list[int]:
 def render_dialogue(tok, turns, tokens_per_frame, system_prompt=SYSTEM_PROMPT):
     """All turns as one sequence -> (ids LongTensor (T,), loss_mask BoolTensor (T,)). The mask is True on
     reply tokens and their <|im_end|> ("NO REPLY" turns included), False on system, user, frame and
-    template tokens (METHOD.md section 3: loss on all assistant turns, never on the prompt)."""
+    template tokens (docs/method.md section 3.1: loss on all assistant turns, never on the prompt)."""
     if not turns:
         raise ValueError("render_dialogue got no turns: a dialogue needs at least one user turn.")
     ids, mask = [], []

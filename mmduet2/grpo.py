@@ -1,4 +1,4 @@
-"""Multi-turn GRPO as pure functions over a typed episode record (METHOD.md section 3, "RL").
+"""Multi-turn GRPO as pure functions over a typed episode record (docs/method.md section 3.2).
 
 rollout -> `Episode` (one trajectory, one scalar reward) -> `group_advantages` -> `token_logprobs` -> `ppo_loss`.
 The paper's choices are the defaults of `GRPOConfig`:

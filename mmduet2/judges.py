@@ -1,14 +1,15 @@
 """Judges that score a reply against a gold answer: a rule judge for the toy benchmark, an LLM judge for real ones.
 
-The paper (METHOD 3-5) asks an LLM behind an OpenAI-compatible chat API for one digit: the benchmark's official
-scorer (GPT-4.1) asks for 1..3 and reads the LAST standalone digit 1..3 of the answer, minus 1 (so 0..2, and
-"Score: 2" counts); the RL reward (Qwen3-32B) asks for 0..4 and is read by the same rule; "is this reply a
-repetition" is yes/no. `LLMJudge` does that with the standard library only: requests in flight on a thread pool,
-retries with exponential backoff, a progress line while a long batch is judged, and an append-only JSON-lines cache
-so a rerun never pays for the same request twice. An answer without a digit on the scale (or a yes/no) is a failed
-judgement: None, counted, logged, and never cached, so a rerun against a working judge asks again; `ping()` checks
-the endpoint before a run starts and `check_failures(max_rate)` stops a run whose judge mostly fails. Departure
-from the released code: the 5-level reward rubric asks for 0..4 directly (the released prompt used 1..5, minus 1).
+The paper (docs/method.md sections 3-5) asks an LLM behind an OpenAI-compatible chat API for one digit: the
+benchmark's official scorer (GPT-4.1) asks for 1..3 and reads the LAST standalone digit 1..3 of the answer, minus 1
+(so 0..2, and "Score: 2" counts); the RL reward (Qwen3-32B) asks for 0..4 and is read by the same rule; "is this
+reply a repetition" is yes/no. `LLMJudge` does that with the standard library only: requests in flight on a thread
+pool, retries with exponential backoff, a progress line while a long batch is judged, and an append-only JSON-lines
+cache so a rerun never pays for the same request twice. An answer without a digit on the scale (or a yes/no) is a
+failed judgement: None, counted, logged, and never cached, so a rerun against a working judge asks again; `ping()`
+checks the endpoint before a run starts and `check_failures(max_rate)` stops a run whose judge mostly fails.
+Departure from the released code: the 5-level reward rubric asks for 0..4 directly (the released prompt used 1..5,
+minus 1).
 
 `RuleJudge` reads (colour, shape) pairs for ShapeWatch, so the toy trains and evaluates without any server.
 Every judge is a callable; `judge_many` runs a list of requests through `judge.map` when the judge has one.
@@ -66,14 +67,15 @@ class RuleJudge:
 
     Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
     when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
-    With precision=True (the RL reward, which judges each reply alone: METHOD 3) the same scoring the other way
-    round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the right one cost
-    what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all ("A red circle
-    appeared. A red square appeared." is partly right; an RL policy found that hedge). The benchmark judges the
-    accumulated replies of a span (METHOD 4), where an overlapping span's right answer looks like such an extra
-    object, so it keeps precision off. A reply object that contradicts what the question asks about (a blue one
-    for "every time a red shape appears") is ignored and earns nothing: partial credit is for the attribute the
-    question did not ask, so a policy cannot farm it by naming any object at all (an RL policy found that too).
+    With precision=True (the RL reward, which judges each reply alone: docs/method.md section 3.3) the same scoring
+    the other way round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the
+    right one cost what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all
+    ("A red circle appeared. A red square appeared." is partly right; an RL policy found that hedge). The benchmark
+    judges the accumulated replies of a span (docs/method.md section 4), where an overlapping span's right answer
+    looks like such an extra object, so it keeps precision off. A reply object that contradicts what the question
+    asks about (a blue one for "every time a red shape appears") is ignored and earns nothing: partial credit is for
+    the attribute the question did not ask, so a policy cannot farm it by naming any object at all (an RL policy
+    found that too).
     A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
     Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
     appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,

@@ -1,4 +1,4 @@
-"""PAUC, the ProactiveVideoQA metric (METHOD 4), and the reply duplicate proportion reported beside it.
+"""PAUC, the ProactiveVideoQA metric (docs/method.md section 4), and the reply duplicate proportion reported beside it.
 
 Each gold answer turn has a reply span [reply_start, reply_end] (= related span plus one extra second). The
 model's quality inside the span is a step function of time: it starts at 0.5 and jumps to the judge's score of
@@ -6,7 +6,7 @@ everything said so far each time a new reply arrives. PAUC is the area under tha
 normalised by L * S; omega in [0, 1] compresses the time axis towards the span start (omega = 1 ignores timing,
 omega = 0 counts every second of delay). `pauc_area` is that area alone and is shared with the RL reward.
 
-Interpretation choices where METHOD leaves room (all documented in `proactive_pauc`):
+Interpretation choices where docs/method.md leaves room (all documented in `proactive_pauc`):
   - pruning of extra-second points compares against the last score at or before related_end; when no point lies
     there, nothing is pruned (there is no in-span score to protect);
   - a prediction equal to "NO REPLY" (or empty) is silence and is ignored, though predictions should hold
@@ -24,9 +24,9 @@ def pauc_area(points, reply_start, reply_end, max_score, omega, start_score=0.5)
     No points: start_score / max_score (the "said nothing" value: 0.25 on the benchmark, 0.125 in the reward).
     A zero-length span with points scores 0.
 
-    Worked example (METHOD's check values): span [0, 10], S = 2, points (2, 1) and (5, 2). With omega 0.5 the
-    offsets compress to x = 1 and 2.5: area = 0.5*1 + (2.5-1)*1 + (10-2.5)*2 = 17, PAUC = 17 / (10*2) = 0.85
-    (omega 0 -> 0.70, omega 1 -> 1.00).
+    Worked example (the check values of docs/method.md section 4): span [0, 10], S = 2, points (2, 1) and (5, 2).
+    With omega 0.5 the offsets compress to x = 1 and 2.5: area = 0.5*1 + (2.5-1)*1 + (10-2.5)*2 = 17, PAUC =
+    17 / (10*2) = 0.85 (omega 0 -> 0.70, omega 1 -> 1.00).
     """
     if not points:
         return start_score / max_score

@@ -1,6 +1,6 @@
 """Qwen2.5-VL as MMDuet2 uses it: the Qwen2 decoder with M-RoPE, the vision tower, and a KV cache for streaming.
 
-MMDuet2 changes nothing in Qwen2.5-VL-3B (METHOD.md sections 1-2): a streaming video is a multi-turn chat whose
+MMDuet2 changes nothing in Qwen2.5-VL-3B (docs/method.md sections 1-2): a streaming video is a multi-turn chat whose
 user turns carry frames. What this file adds is the cache discipline streaming needs: one pre-allocated
 KV cache per dialogue, written by index, that every turn appends to (frames, text, then one token per decoded
 step), with per-row slot validity (padding, rows that finished decoding) and per-row M-RoPE positions, so that

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL image preprocessing: pictures -> `pixel_values` rows + `grid_thw` (METHOD.md section 2).
+"""Qwen2.5-VL image preprocessing: pictures -> `pixel_values` rows + `grid_thw` (docs/method.md section 2).
 
 Follows transformers' Qwen2VLImageProcessor (PIL flavour, the one the released checkpoints were trained with):
 `smart_resize` to multiples of 28 px with the pixel count in [min_pixels, max_pixels], bicubic resize in PIL,

@@ -1,4 +1,5 @@
-"""The trajectory reward of MMDuet2's multi-turn GRPO (METHOD 3): R = 3*r_pauc + 2*r_rep + 0.5*r_out + 2*r_pfx.
+"""The trajectory reward of MMDuet2's multi-turn GRPO: R = 3*r_pauc + 2*r_rep + 0.5*r_out + 2*r_pfx
+(docs/method.md section 3.3).
 
 One rollout is the list of its assistant turns (time, text), "NO REPLY" included, played over a video window whose
 earlier turns were given as context with their ground-truth replies. Each term is a small function below with a
@@ -12,10 +13,10 @@ released reward code (recipe/proactive/reward_function.py) term by term. Where t
   - r_rep's within-span recount includes exact repeats (`RewardConfig.recount_repeats`; see r_rep), and its judge
     also gets the question in force, which the rule judge needs to tell a relevant object from a stray word.
 
-Running example (METHOD's, a test): spans [1,3] and [3,9]; turns t = 1..8: NO REPLY; A = "The young blonde woman
-is seemingly involved in a conversation or video call."; NO REPLY; NO REPLY; B = "The woman is brushing her teeth
-with a toothbrush."; C = "The woman is brushing her teeth with a toothbrush, and holding a toothpaste.";
-NO REPLY; NO REPLY. Context reply: "The woman is brushing her teeth with toothbrush.". Similarity judge:
+Running example (docs/method.md section 3.4, a test): spans [1,3] and [3,9]; turns t = 1..8: NO REPLY; A = "The
+young blonde woman is seemingly involved in a conversation or video call."; NO REPLY; NO REPLY; B = "The woman is
+brushing her teeth with a toothbrush."; C = "The woman is brushing her teeth with a toothbrush, and holding a
+toothpaste."; NO REPLY; NO REPLY. Context reply: "The woman is brushing her teeth with toothbrush.". Similarity judge:
 A -> 4, B -> 3, C -> 4; repetition judge: A no, B yes, C no. R = 3*0.807292 + 2*(-0.25) + 0 + 0 = 1.921875.
 """
 import os
@@ -169,7 +170,7 @@ def turn_penalties(turns, answers, context_replies, rep_judge, questions=()):
     """Per turn (in time order) -1 if its reply repeats what was said before (exactly or by the judge, as in r_rep)
     or speaks outside every gold span, else 0: the turn-level signal of `grpo.turn_advantages` (an opt-in
     experiment; the paper's reward is the trajectory total alone).
-    Example: METHOD's rollout -> [0, 0, 0, 0, -1, 0, 0, 0] (t5 repeats the context reply)."""
+    Example: the rollout of docs/method.md section 3.4 -> [0, 0, 0, 0, -1, 0, 0, 0] (t5 repeats the context reply)."""
     turns = sorted(((float(t), text) for t, text in turns), key=lambda x: x[0])
     verdict, _ = _repetitions(turns, context_replies, rep_judge, questions)
     return [-float(bool(verdict.get(i)) or not _silent(text) and not any(_inside(t, a) for a in answers))

@@ -1,6 +1,6 @@
 """The streaming engine: one code path for evaluation, RL rollouts and the live demo.
 
-MMDuet2 (METHOD.md section 1) turns a video stream into plain multi-turn chat. Every user turn carries the
+MMDuet2 (docs/method.md section 1) turns a video stream into plain multi-turn chat. Every user turn carries the
 next `frames_per_turn` frames (each its own image) and, when the user speaks, text; after every user turn the
 assistant either replies or says "NO REPLY". The KV cache lives across turns, so a turn costs only its own
 tokens: the frames, the user text, the `<|im_start|>assistant\\n` template, then one forward per decoded token.

@@ -1,5 +1,5 @@
 """Qwen2.5-VL text side: a thin wrapper over a `tokenizers` tokenizer.json, a toy tokenizer trainer, and the
-chat template (METHOD.md section 2, "Tokenizer").
+chat template (docs/method.md section 2, "Tokenizer").
 
 `Tokenizer` loads the tokenizer.json of a Qwen2.5-VL checkpoint (or one written by `train_toy_tokenizer`) and
 looks every special-token id up by name, so ids never drift between files. `train_toy_tokenizer` builds the

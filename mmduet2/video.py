@@ -1,6 +1,6 @@
 """Reading frames from a video at a fixed interval, and writing small mp4 files.
 
-MMDuet2 (METHOD.md section 1) shows the model one frame per `interval` seconds. Frame k (k = 1..N, with
+MMDuet2 (docs/method.md section 1) shows the model one frame per `interval` seconds. Frame k (k = 1..N, with
 N = floor(duration / interval)) is the picture on screen at video time k * interval: the last decoded frame
 whose presentation time is <= k * interval (past the last frame's time, that is the file's last frame), and
 its time stamp is k * interval. A turn's time is therefore the time of its last frame, and an event that starts

@@ -1,4 +1,4 @@
-"""The Qwen2.5-VL vision tower and merger (METHOD.md section 2), plus the norm / MLP pieces the decoder shares.
+"""The Qwen2.5-VL vision tower and merger (docs/method.md section 2), plus the norm / MLP pieces the decoder shares.
 
 Pixels arrive as Qwen's processor writes them: one row per 14x14 patch over 2 frames (3*2*14*14 values), the
 patches of each frame ordered by 2x2 merge group, and `grid_thw` (t, h, w) in patches per image or video.

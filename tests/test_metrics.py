@@ -1,4 +1,5 @@
-"""PAUC against hand-computed values (METHOD 4's check values and a small benchmark worked out by hand)."""
+"""PAUC against hand-computed values (the check values of docs/method.md section 4, and a small benchmark worked
+out by hand)."""
 import pytest
 
 from mmduet2.judges import RuleJudge
@@ -68,7 +69,8 @@ SCORES = {"x": 1, "x y": 2, "z": 2, "z w": 1, "fail": None}
 def test_proactive_pauc_hand_computed():
     judge = RecordingJudge(SCORES)
     res = proactive_pauc(_records(), PREDICTIONS, judge, omega=0.5)
-    # a/0: accumulated "x" -> 1 at 2 s, "x y" -> 2 at 5 s, the repeated "x" at 7 s adds nothing: 0.85 (METHOD's).
+    # a/0: accumulated "x" -> 1 at 2 s, "x y" -> 2 at 5 s, the repeated "x" at 7 s adds nothing: 0.85, the check
+    #      value of docs/method.md section 4.
     # a/1: "z" -> 2 at 14 s; "z w" -> 1 at 16 s lies after related_end 15 and below 2: pruned.
     #      omega .5: x = 1, area = 0.5*1 + 3*2 = 6.5 -> 6.5/8; omega 0: 1 + 2*2 = 5 -> 5/8; omega 1 -> 1.
     # b/0: no predictions -> 0.25. c/0: the only judgement fails, NO REPLY is silence -> 0.25.

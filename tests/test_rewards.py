@@ -1,4 +1,4 @@
-"""The RL reward against METHOD 3's worked example and one hand-computed case per term."""
+"""The RL reward against the worked example of docs/method.md section 3.4 and one hand-computed case per term."""
 import pytest
 
 from mmduet2.rewards import RewardConfig, proactive_reward, r_out, r_pauc, r_pfx, r_rep
@@ -133,7 +133,8 @@ def test_r_pfx_boundary():
 
 
 def test_turn_penalties():
-    """-1 on a turn that repeats (exactly or by the judge) or speaks outside every span; METHOD's rollout."""
+    """-1 on a turn that repeats (exactly or by the judge) or speaks outside every span; the rollout of
+    docs/method.md section 3.4."""
     from mmduet2.rewards import turn_penalties
     assert turn_penalties(TURNS, ANSWERS, CONTEXT, Rep({A: False, B: True, C: False})) == [0, 0, 0, 0, -1, 0, 0, 0]
     turns = TURNS + [(10, "late talk"), (11, N), (12, A)]
