@@ -1,4 +1,4 @@
-"""Evaluate checkpoints on ProactiveVideoQA-format records and score them with PAUC (METHOD.md section 4).
+"""Evaluate checkpoints on ProactiveVideoQA-format records and score them with PAUC (docs/method.md section 4).
 
     python eval.py                                   # the toy experiment: runs/toy/sft vs runs/toy/rl
     python eval.py --checkpoint DIR --gold FILE --video-root DIR --judge-url URL --judge-model NAME --out DIR

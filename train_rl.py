@@ -1,4 +1,4 @@
-"""Multi-turn GRPO from the SFT model (METHOD.md section 3, "RL").
+"""Multi-turn GRPO from the SFT model (docs/method.md section 3.2; the reward in 3.3).
 
 One step: take `prompts_per_step` dialogues; for each, pick an episode window of the video, feed the turns
 before it as context with their ground-truth replies, prefill that context once and expand the cache to a

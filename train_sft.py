@@ -1,14 +1,16 @@
-"""Supervised fine-tuning on proactive dialogues (METHOD.md section 3, "SFT").
+"""Supervised fine-tuning on proactive dialogues (docs/method.md section 3.1).
 
 Every assistant turn is trained, `NO REPLY` included; system, user, frame and template tokens never are.
 Replies sit at the END of their reply spans in the data (the paper's placement), so the SFT model learns to
 speak late; RL is what moves it earlier.
 
-With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing,
-trains a toy model from scratch on CPU in a few minutes and writes runs/toy/sft. With --init it starts from a
-hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json) instead.
-The paper mixes offline video QA and captions into SFT; the toy mixes in caption dialogues of its own videos
-(--caption-mix), which is what teaches its from-scratch vision tower to see.
+With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing and
+fine-tunes the toy's base model (assets/toy_base, a caption-trained model that already sees, as Qwen2.5-VL-Instruct
+does for the paper) on CPU in about five minutes, vision tower frozen as in the paper's recipe, into runs/toy/sft.
+The paper mixes offline video QA and captions into SFT; the toy mixes in a little of its caption data
+(--caption-mix), which alone made the base model (`--init "" --caption-mix 1`, see the README). With --init DIR it
+starts from any hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json); --init "" trains a
+fresh model of --preset, with a toy tokenizer learnt from the data.
 Data parallel: `torchrun --nproc_per_node N train_sft.py ...` gives each process its own batches of
 --batch-size dialogues (N times the data per step); process 0 logs and saves.
 """
@@ -38,7 +40,7 @@ class SFTConfig:
     out: str = "runs/toy/sft"         # checkpoint folder (hub layout + tokenizer.json + trainer state)
     init: str = "assets/toy_base"     # hub-layout checkpoint to start from (the toy's base); "" = fresh --preset
     preset: str = "toy"
-    steps: int = 600                  # optimizer steps
+    steps: int = 800                  # optimizer steps
     batch_size: int = 8               # dialogues per micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step
     lr: float = 1e-3                  # peak learning rate (the toy; ~1e-5 for a real 3B model)
@@ -47,7 +49,7 @@ class SFTConfig:
     schedule: str = "cosine"          # constant | cosine
     grad_clip: float = 1.0
     freeze_vision: bool = True        # keep the vision tower fixed (the paper's SFT recipe)
-    caption_mix: float = 0.25         # share of each batch that is caption dialogues (records with `objects`)
+    caption_mix: float = 0.1          # share of each batch that is caption dialogues (records with `objects`)
     frames_per_turn: int = 2
     frame_interval: float = 2.0       # seconds per frame in training, as the paper (inference: 1 s)
     max_pixels: int = 128 * 28 * 28

@@ -10,11 +10,13 @@ answer ("A red circle appeared.") with related_timespan [appear, event_end] and 
 of videos have nothing to report (silence must be learnt). This is the toy stand-in for the paper's data
 (docs/method.md); it is not from the paper.
 
-The annotated end of an event, event_end, is drawn between 2 s after the appearance and the vanishing, as human
-annotators end an event's span at different moments. It is not visible in the video, so SFT data that places each
-reply at its span's end (the paper's placement) holds replies followed by turns where the object is still on
-screen and the answer is NO REPLY: only the reply already given tells the model to stay silent. Spans last 3-21 s,
-so most hold several of the toy's 4 s turns and a late answer costs real PAUC; that is the timing RL can learn.
+The annotated end of an event, event_end, is drawn 4-10 s after the appearance, as human annotators end an
+event's span at different moments. Objects stay at least 10 s, so the end is never visible in the video: SFT data
+that places each reply at its span's end (the paper's placement) holds replies followed by turns where the object
+is still on screen and the answer is NO REPLY, and only the reply already given tells the model to stay silent.
+Spans last 5-11 s, so most hold two or three of the toy's 4 s turns and a late answer costs real PAUC (gold answers
+on every span's last turn score about 20 points below the same answers on its first turn); that is the timing RL
+can learn. (Ends drawn anywhere up to the vanishing made the greedy SFT model mute: no turn was likely enough.)
 
 Half the dialogues are 1QnA (one question at 0), half nQnA (2-3 questions): a question asked mid-video comes on a
 turn boundary (a multiple of TURN = 4 s, the toy's turn of 2 frames at 2 s, so its immediate span [q, q + 1]
@@ -27,7 +29,7 @@ Timing is exact under the frame convention of video.py: event times are whole se
 for video times t with appear <= t < vanish, and the frame stamped k s shows time k. So a 1 s sampler sees an
 object first in the frame stamped `appear`, the start of its reply span, and never earlier.
 
-    python -m mmduet2.toy --out data/toy --train 400 --val 240 --test 240 --seed 0
+    python -m mmduet2.toy --out data/toy --train 1200 --val 240 --test 240 --seed 0
 """
 import argparse
 import json
@@ -46,12 +48,13 @@ SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a fr
 TURN = 4                                # seconds per turn at the toy's rate (2 frames at 2 s): questions sit on it
 DURATIONS = (36, 40, 44, 48)            # video lengths in seconds (whole turns)
 LIFE = (10, 20)                         # seconds an object stays on screen, inclusive range
+EVENT_END = (4, 10)                     # seconds from an appearance to its annotated end, inclusive range
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
 SHAPES = ["circle", "square", "triangle"]
 VOCAB = {"colours": list(COLOURS), "shapes": SHAPES}   # must equal judges.VOCAB (tested)
 SPLITS = {"train": 0, "val": 1, "test": 2}              # folded into each example's seed
-SIZES = {"train": 400, "val": 240, "test": 240}         # the default dataset (val and test: 120 questions each)
+SIZES = {"train": 1200, "val": 240, "test": 240}        # the default dataset (val and test: 120 questions each)
 P_EMPTY = 0.15                          # share of videos where no object is made to match
 TASK = "shapewatch"
 
@@ -158,10 +161,10 @@ def make_scene(rng, kind):
 
 
 def annotate(rng, scene):
-    """Draw where the annotator ends each appearance event: uniformly from 2 s after it starts to the vanishing.
-    Its own generator, so the videos do not depend on it."""
+    """Draw where the annotator ends each appearance event: EVENT_END seconds after it starts (whole seconds,
+    uniformly), at the vanishing at the latest. Its own generator, so the videos do not depend on it."""
     for s in (s for o in scene.objects for s in o.segments):
-        s.event_end = int(rng.integers(min(s.start + 2, s.end), s.end + 1))
+        s.event_end = min(s.end, s.start + int(rng.integers(EVENT_END[0], EVENT_END[1] + 1)))
 
 
 def _gold(scene):

@@ -110,7 +110,8 @@ def test_gold_rules_and_balance():
             _, colour, shape, _ = a["content"].split()
             segs = [g for o in scene.objects for g in o.segments if (g.start, g.colour, o.shape) == (s, colour, shape)]
             assert any(e == min(g.event_end, q_next - 1) for g in segs)   # two lanes may show the same thing
-            assert all(min(g.start + 2, g.end) <= g.event_end <= g.end for o in scene.objects for g in o.segments)
+            assert all(min(g.start + toy.EVENT_END[0], g.end) <= g.event_end <= min(g.start + toy.EVENT_END[1], g.end)
+                       for o in scene.objects for g in o.segments)
             assert colour in COLOURS and shape in toy.SHAPES and qs[a["question"]][1] in (colour, shape)
         n_answers.append(len(gold))
         if kind == "1qna":
