@@ -88,7 +88,7 @@ def main():
     else:
         runs = TOY
     # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (docs).
-    interval = args.frame_interval or (2.0 if shapewatch else 1.0)
+    interval = args.frame_interval if args.frame_interval is not None else 2.0 if shapewatch else 1.0
     try:
         cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens, keep_pixels=False)
     except ValueError as e:

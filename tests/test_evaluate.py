@@ -110,3 +110,25 @@ def test_turn_stats_by_hand():
     assert stats == {"second_replies_per_multiturn_span": 1.0, "multiturn_spans": 1, "silent_after_reply": 0.5,
                      "turns_after_reply": 2}
     assert turn_stats([rec], {"a": {"replies": [], "turn_times": None}}) is None
+
+
+def test_eval_refuses_bad_input_with_one_sentence(tmp_path):
+    """Empty gold lists and a zero frame interval exit non-zero naming the problem (no table of dashes, no silent
+    fallback to the default interval)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recs = records(tmp_path, 1)
+    gold = tmp_path / "gold.json"
+
+    def eval_py(*args):
+        return subprocess.run([sys.executable, os.path.join(root, "eval.py"), "--gold", str(gold), "--video-root",
+                               str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out"), *args],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root), timeout=120)
+    gold.write_text(json.dumps([{**recs[0], "answer": []}]))
+    run = eval_py("--judge", "rule")
+    assert run.returncode != 0 and "holds no gold answers" in run.stderr and "Traceback" not in run.stderr
+    gold.write_text(json.dumps(recs))
+    run = eval_py("--judge", "rule", "--frame-interval", "0")
+    assert run.returncode != 0 and "frame_interval" in run.stderr and "Traceback" not in run.stderr
