@@ -220,8 +220,8 @@ def main():
     # ---- model ------------------------------------------------------------------------------------------
     # cfg.out holds the policy with the best val score so far (--select; what eval.py reads); cfg.out + "_last"
     # holds the latest step with its optimizer state, for --resume. The model is selected on the val split, never
-    # on test. LoRA never changes the base weights, so a LoRA run
-    # resumes from the SFT weights plus the adapters saved in trainer_state.pt.
+    # on test. LoRA never changes the base weights, so a LoRA run resumes from the SFT weights plus the adapters
+    # saved in trainer_state.pt.
     last_dir = cfg.out.rstrip("/") + "_last"
     if resume:  # the saved adapters and optimizer state belong to one base model and data
         check_resume(last_dir, cfg, ("sft", "data", "lora_rank", "lora_targets"))
