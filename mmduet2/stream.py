@@ -16,10 +16,6 @@ episode goes on, as the paper's rollouts do. The <|im_end|> that closes a reply 
 start of the next turn's chunk rather than with its own forward, which saves one forward per turn and gives
 the same cache (the model never conditions on it before then).
 """
-import argparse
-import itertools
-import sys
-import time as _time
 import warnings
 from dataclasses import dataclass, field
 
@@ -274,56 +270,8 @@ def check_token_ids(config, tok):
                          + "): use the tokenizer.json saved with this checkpoint.")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Demo: python -m mmduet2.stream VIDEO --question "..." [--checkpoint DIR]
-
-def main(argv=None):
-    from .video import iter_frames
-    p = argparse.ArgumentParser(description="Watch a video with MMDuet2 and print what it says, and when.")
-    p.add_argument("video", help="a video file PyAV can decode, or a folder of jpg/png frames (then --fps)")
-    p.add_argument("--question", required=True, help="the question, asked at time 0")
-    p.add_argument("--checkpoint", help="checkpoint directory (hub layout + tokenizer.json); random weights if absent")
-    p.add_argument("--fps", type=float, help="frame rate of a frame folder")
-    p.add_argument("--frame-interval", type=float, default=1.0, help="seconds between sampled frames")
-    p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
-    p.add_argument("--realtime", action="store_true", help="pace the turns at the video's own speed")
-    p.add_argument("--annotation", help="ProactiveVideoQA JSON whose gold spans are drawn on the timeline")
-    p.add_argument("--question-id", help="which record of --annotation (default: the first)")
-    p.add_argument("--timeline", default="timeline.png", help="where to write the timeline PNG")
-    args = p.parse_args(argv)
-
-    if args.checkpoint:
-        model, tok = load_checkpoint(args.checkpoint)
-    else:
-        model, tok = random_toy_model(args.question)
-        print("No --checkpoint given: the weights are RANDOM, so the replies below are noise.", file=sys.stderr)
-    frames = iter_frames(args.video, args.frame_interval, fps=args.fps)  # decoded as the stream reaches them
-    cfg = StreamConfig(frames_per_turn=args.frames_per_turn, frame_interval=args.frame_interval,
-                       max_new_tokens=args.max_new_tokens, keep_pixels=False)
-    streamer = Streamer(model, tok, cfg)
-    start, replies = _time.time(), []
-    while turn := [f for f, _ in itertools.islice(frames, cfg.frames_per_turn)]:
-        reply = streamer.step(turn, args.question if streamer.time == 0 else None)[0]
-        if args.realtime:
-            _time.sleep(max(0.0, streamer.time - (_time.time() - start)))
-        if reply is not None:
-            replies.append({"time": streamer.time, "content": reply})
-            print(f"[{streamer.time:6.1f}s] {reply}", flush=True)
-    spans = []
-    if args.annotation:
-        from .data import load_proactive_records
-        records = load_proactive_records(args.annotation)
-        rec = next((r for r in records if args.question_id in (None, r["question_id"])), None)
-        if rec is None:
-            sys.exit(f"{args.annotation}: no record with question_id {args.question_id!r}.")
-        spans = [a["reply_timespan"] for a in rec["answer"]]
-    from .plot import draw_timeline
-    draw_timeline(args.timeline, streamer.time, replies, spans, title=args.question)
-    print(f"{len(replies)} replies in {streamer.time:.0f} s of video; timeline written to {args.timeline}")
-
-
 def random_toy_model(text):
+    """A random toy model with a toy tokenizer that covers `text` (the demo without a checkpoint, benchmarks)."""
     from .config import preset
     from .model import MMDuet2
     from .tokenizer import train_toy_tokenizer
@@ -333,7 +281,3 @@ def random_toy_model(text):
                  vision_end_token_id=tok.vision_end_id)
     torch.manual_seed(0)
     return MMDuet2(cfg).eval(), tok
-
-
-if __name__ == "__main__":
-    main()
