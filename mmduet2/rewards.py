@@ -183,7 +183,7 @@ def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weig
     turns: [(time, text)] every assistant turn of the played window, NO REPLY included (sorted by time here).
     answers: [{"content", "reply_timespan": [start, end], "question"}] the gold answers of the window.
     context_replies: the ground-truth reply strings given as context before the window.
-    sim_judge(question, gold, reply) -> 0..S | None; rep_judge(previous_text, new_reply) -> bool | None
+    sim_judge(question, gold, reply) -> 0..S | None; rep_judge(previous_text, new_reply, question) -> bool | None
     (a judge with a `.map` method gets all its requests of a term in one batch).
     weights: a RewardConfig (weights, thresholds, out_mode); None -> RewardConfig().
     questions: [(time, text)] the dialogue's questions, for the repetition judge (which question a reply answers).
