@@ -10,13 +10,14 @@ answer ("A red circle appeared.") with related_timespan [appear, event_end] and 
 of videos have nothing to report (silence must be learnt). This is the toy stand-in for the paper's data
 (docs/method.md); it is not from the paper.
 
-The annotated end of an event, event_end, is drawn 4-10 s after the appearance, as human annotators end an
-event's span at different moments. Objects stay at least 10 s, so the end is never visible in the video: SFT data
-that places each reply at its span's end (the paper's placement) holds replies followed by turns where the object
-is still on screen and the answer is NO REPLY, and only the reply already given tells the model to stay silent.
-Spans last 5-11 s, so most hold two or three of the toy's 4 s turns and a late answer costs real PAUC (gold answers
-on every span's last turn score about 20 points below the same answers on its first turn); that is the timing RL
-can learn. (Ends drawn anywhere up to the vanishing made the greedy SFT model mute: no turn was likely enough.)
+The annotated end of an event, event_end, is not visible in the video (objects stay at least 10 s): it is drawn
+so that the event's reply span ends within the first 4 s turn showing the object (30 % of events) or just after
+the next one (70 %). SFT data places each reply on the last turn of its span (the paper's placement), so the SFT model
+learns to answer one turn late and to stay silent while the object is still on screen once it has answered; only
+the reply already given tells it so, since the end is invisible. A late answer costs real PAUC (gold answers on
+every span's last turn score about 16 points below the same answers on its first turn), and that is the timing RL
+can learn. Two earlier designs failed: ends drawn anywhere from 2 s after the appearance to the vanishing, or 4-10
+s after it, left no turn where a reply was likely enough, and the greedy SFT model went (nearly) mute.
 
 Half the dialogues are 1QnA (one question at 0), half nQnA (2-3 questions): a question asked mid-video comes on a
 turn boundary (a multiple of TURN = 4 s, the toy's turn of 2 frames at 2 s, so its immediate span [q, q + 1]
@@ -48,7 +49,7 @@ SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a fr
 TURN = 4                                # seconds per turn at the toy's rate (2 frames at 2 s): questions sit on it
 DURATIONS = (36, 40, 44, 48)            # video lengths in seconds (whole turns)
 LIFE = (10, 20)                         # seconds an object stays on screen, inclusive range
-EVENT_END = (4, 10)                     # seconds from an appearance to its annotated end, inclusive range
+P_FIRST_TURN = 0.3                      # share of events whose span ends within the first turn showing them
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
 SHAPES = ["circle", "square", "triangle"]
@@ -161,10 +162,15 @@ def make_scene(rng, kind):
 
 
 def annotate(rng, scene):
-    """Draw where the annotator ends each appearance event: EVENT_END seconds after it starts (whole seconds,
-    uniformly), at the vanishing at the latest. Its own generator, so the videos do not depend on it."""
+    """Draw where the annotator ends each appearance event, so that the reply span's last turn (the turn SFT
+    answers on) is the first turn showing the object with probability P_FIRST_TURN (the span then ends before the
+    next turn, uniformly) and the second one otherwise (the span then ends 0-1 s after it). Its own generator, so
+    the videos do not depend on it."""
     for s in (s for o in scene.objects for s in o.segments):
-        s.event_end = min(s.end, s.start + int(rng.integers(EVENT_END[0], EVENT_END[1] + 1)))
+        first = -(-s.start // TURN) * TURN                 # the first turn that shows the object
+        lo, hi = (max(s.start + 1, first), first + TURN - 1) if rng.random() < P_FIRST_TURN else \
+            (first + TURN, first + TURN + 1)
+        s.event_end = min(s.end, int(rng.integers(lo, hi + 1)) - 1)  # the reply span ends 1 s after the event
 
 
 def _gold(scene):

@@ -74,7 +74,7 @@ def test_evidence_never_precedes_reply_span(tmp_path, i):
 
 
 def test_gold_rules_and_balance():
-    n_answers, n_match, n_objects, turns_per_span = [], 0, 0, []
+    n_answers, n_match, n_objects, turns_per_span, first_turn_ends = [], 0, 0, [], []
     for i in range(200):
         kind = "1qna" if i % 2 == 0 else "nqna"
         scene = make_scene(np.random.default_rng([5, 0, i]), kind)
@@ -110,9 +110,11 @@ def test_gold_rules_and_balance():
             _, colour, shape, _ = a["content"].split()
             segs = [g for o in scene.objects for g in o.segments if (g.start, g.colour, o.shape) == (s, colour, shape)]
             assert any(e == min(g.event_end, q_next - 1) for g in segs)   # two lanes may show the same thing
-            assert all(min(g.start + toy.EVENT_END[0], g.end) <= g.event_end <= min(g.start + toy.EVENT_END[1], g.end)
-                       for o in scene.objects for g in o.segments)
             assert colour in COLOURS and shape in toy.SHAPES and qs[a["question"]][1] in (colour, shape)
+        for g in (g for o in scene.objects for g in o.segments):   # a span's last turn: the 1st or 2nd showing it
+            first = -(-g.start // toy.TURN) * toy.TURN
+            assert max(g.start, first - 1) <= g.event_end <= first + toy.TURN
+            first_turn_ends.append(g.event_end + 1 < first + toy.TURN)
         n_answers.append(len(gold))
         if kind == "1qna":
             n_objects += sum(len(o.segments) for o in scene.objects)
@@ -120,6 +122,7 @@ def test_gold_rules_and_balance():
     assert 0.02 < n_answers.count(0) / 200 < 0.3                     # most videos answer, some stay silent
     assert 0.35 < n_match / n_objects < 0.75                          # about half the appearances match
     assert np.mean([n >= 2 for n in turns_per_span]) > 0.6           # most spans hold several turns
+    assert 0.2 < np.mean(first_turn_ends) < 0.4                       # P_FIRST_TURN = 0.3
 
 
 def test_late_answers_cost_pauc():
