@@ -1,8 +1,9 @@
 """Memory of a long evaluation stream's frames: all decoded before the first turn, or decoded as the stream
 reaches them (what eval.py and the demo do).
 
-Writes a synthetic video of --minutes at 1 fps (--size px, H.264), then measures with tracemalloc the peak memory
-held by its frames while a consumer takes them two at a time (one turn) at 1 s per frame:
+Writes a synthetic video of --minutes at 1 fps (--size px, H.264), then measures, each in a fresh process, how much
+the process's peak resident memory (VmHWM) grows while a consumer takes the frames two at a time (one turn) at 1 s
+per frame:
   read_frames  the whole list decoded first (the old evaluation path), then consumed;
   iter_frames  decoded lazily; only the frames of the current turn (and the decoder's state) are alive.
 It also prints what a Streamer keeps per frame when keep_pixels is on (RL needs the pixels again for its update;
@@ -14,9 +15,9 @@ with the stream (one slot per token), which this bench does not measure.
 import argparse
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
-import time
-import tracemalloc
 
 import numpy as np
 
@@ -31,13 +32,18 @@ def synthetic_video(path, seconds, size):
     write_video(path, frames, 1)
 
 
-def peak(consume):
-    tracemalloc.start()
-    t = time.perf_counter()
-    consume()
-    _, top = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return top / 2 ** 20, time.perf_counter() - t
+def grown_mib(mode, path):
+    """Peak resident memory of a fresh process consuming the video `mode`-wise, minus what it held before (MiB)."""
+    code = (f"import bench.bench_memory as b; before = b.vm('VmRSS'); b.{mode}({path!r}); "
+            "print((b.vm('VmHWM') - before) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def vm(field):
+    """A memory figure of this process from /proc/self/status, in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def all_first(path):
@@ -61,13 +67,13 @@ def main():
     pv, _ = process_images([frame])
     print(f"one {frame.shape[1]}x{frame.shape[0]} frame: {frame.nbytes / 2 ** 20:.2f} MiB decoded, "
           f"{pv.numel() * pv.element_size() / 2 ** 20:.2f} MiB of pixel_values a Streamer keeps with keep_pixels")
-    print(f"{'video':>8} {'frames':>7} {'read_frames peak MiB':>21} {'iter_frames peak MiB':>21} {'ratio':>6}")
+    print(f"{'video':>8} {'frames':>7} {'read_frames MiB':>16} {'iter_frames MiB':>16} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.minutes:
             path = os.path.join(tmp, f"v{minutes}.mp4")
             synthetic_video(path, int(minutes * 60), args.size)
-            (eager, _), (lazy, _) = peak(lambda: all_first(path)), peak(lambda: lazily(path))
-            print(f"{minutes:>6g} m {int(minutes * 60):>7} {eager:>21.1f} {lazy:>21.1f} {eager / lazy:>6.0f}")
+            eager, lazy = grown_mib("all_first", path), grown_mib("lazily", path)
+            print(f"{minutes:>6g} m {int(minutes * 60):>7} {eager:>16.1f} {lazy:>16.1f} {eager / max(lazy, 0.1):>6.0f}")
 
 
 if __name__ == "__main__":
