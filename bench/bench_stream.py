@@ -11,7 +11,7 @@ time, so each measurement is repeated (--repeats) and the fastest kept. Printed:
   latency     median and 95th percentile of the per-turn time (ms) over turns 1-10 and over the last 10 turns
               (191-200 of a 400-frame video). Each turn's time is first reduced to its fastest over the repeats,
               which removes other jobs' noise but keeps spikes that happen at the same turn every time (cache
-              growth). late/early = the ratio of the medians; a cache that works keeps it near 1 (STYLE.md).
+              growth). late/early = the ratio of the medians; a cache that works keeps it near 1.
   RL group    G rows sharing a prefix: prefill a 20-turn context once at batch 1 with forced "NO REPLY" replies,
               Streamer.expand(G), then 10 sampled turns (temperature 1.2, top-k 10, max 4 tokens, fixed seed);
               against G single-row streamers that each prefill the same context and play the same 10 turns
