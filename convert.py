@@ -103,10 +103,7 @@ def read_rows(path):
         return list(enumerate(pq.read_table(path).to_pylist(), 1))
     with open(path, encoding="utf-8") as f:
         if path.endswith(".json"):
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
+            data = _load_json(f, path)
             if not isinstance(data, list):
                 raise ValueError(f"{path} must hold a JSON list of rows, not a {type(data).__name__}.")
             return list(enumerate(data, 1))
@@ -121,15 +118,19 @@ def read_rows(path):
         return rows
 
 
+def _load_json(f, path):
+    try:
+        return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
+
+
 def read_user_turns(path):
     """verl's user-turn file: {question_id: [{"content": [...]}, ...]}."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist: pass the '...-user_turns.json' that came with the verl rows.")
     with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file.") from None
+        data = _load_json(f, path)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must map question ids to lists of user turns, not hold a {type(data).__name__}.")
     return data

@@ -152,12 +152,12 @@ def turn_stats(records, preds):
     """From the turn grid of each stream: second and later replies per gold span holding >= 2 turns, and how
     often the model stays silent on the turn after an in-span reply when that turn is still in the span.
     Returns None when the predictions carry no turn times (scored from a file written elsewhere)."""
+    if any(p["turn_times"] is None for p in preds.values()):
+        return None
     extra, multi, after, silent_after = 0, 0, 0, 0
     for rec in records:
         p = preds.get(rec["question_id"])
-        if p is None or p["turn_times"] is None:
-            if p is not None:
-                return None
+        if p is None:  # a failed video: no turns to count
             continue
         said = {r["time"] for r in p["replies"] if not silent(r["content"])}
         for ans in rec["answer"]:
