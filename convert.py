@@ -43,6 +43,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from mmduet2.checkpoint import atomic_path
 from mmduet2.data import load_dialogues
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT
 from mmduet2.video import IMAGE_EXTS
@@ -442,11 +443,9 @@ def write(records, out_path):
     """Write the records (videos relative to the output's folder) and check the file loads."""
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps({**rec, "video": os.path.relpath(rec["video"], folder)}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
     try:
         return load_dialogues(out_path)
     except ValueError as e:

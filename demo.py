@@ -11,9 +11,10 @@ import itertools
 import sys
 import time as _time
 
+from mmduet2.checkpoint import load_checkpoint
 from mmduet2.data import load_proactive_records
 from mmduet2.plot import draw_timeline
-from mmduet2.stream import StreamConfig, Streamer, load_checkpoint, random_toy_model
+from mmduet2.stream import StreamConfig, Streamer, random_toy_model
 from mmduet2.video import iter_frames
 
 

@@ -11,15 +11,15 @@ counted; so are failed judgements. The toy benchmark (ShapeWatch) is
 scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint.
 """
 import argparse
-import json
 import os
 import sys
 
+from mmduet2.checkpoint import load_checkpoint, write_json
 from mmduet2.data import load_proactive_records
 from mmduet2.evaluate import checkpoint_id, load_predictions, predict_records, score
 from mmduet2.judges import JudgeError, LLMJudge, RuleJudge
 from mmduet2.plot import draw_timeline
-from mmduet2.stream import StreamConfig, load_checkpoint
+from mmduet2.stream import StreamConfig
 from mmduet2.training import pick_device
 
 TOY = {"sft": "runs/toy/sft", "rl": "runs/toy/rl"}
@@ -165,13 +165,6 @@ def draw_toy_comparison(records, out, n=4):
         draw_timeline(os.path.join(out, f"compare_{q}.png"), rec["duration"], None,
                       [a["reply_timespan"] for a in rec["answer"]], title=rec["conversation"][0]["content"],
                       rows={name: p[q]["replies"] if q in p else [] for name, p in preds.items()})
-
-
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mmduet2 import grpo
+from mmduet2.checkpoint import check_resume, check_token_ids, load_trainer_state, save_checkpoint
 from mmduet2.data import load_proactive_records
 from mmduet2.dialogue import NO_REPLY
 from mmduet2.evaluate import predict_records, score
@@ -40,10 +41,10 @@ from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward, turn_penalties
-from mmduet2.stream import StreamConfig, Streamer, check_token_ids, unsayable_ids
+from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
 from mmduet2.tokenizer import Tokenizer
-from mmduet2.training import (Split, autocast, check_resume, collate, init_parallel, load_trainer_state,
-                              loss_positions, model_inputs, parse_config, save_checkpoint, seed_everything)
+from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, model_inputs, parse_config,
+                              seed_everything)
 
 
 @dataclass

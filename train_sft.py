@@ -23,15 +23,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from mmduet2.checkpoint import check_resume, check_token_ids, load_trainer_state, save_checkpoint
 from mmduet2.config import preset
 from mmduet2.dialogue import SYSTEM_PROMPT
 from mmduet2.model import MMDuet2
-from mmduet2.stream import check_token_ids
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.toy import caption_turns, ensure_toy_data
-from mmduet2.training import (Split, autocast, check_resume, collate, init_parallel, load_trainer_state,
-                              loss_positions, lr_at, model_inputs, parse_config, save_checkpoint, seed_everything,
-                              sft_loss)
+from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, lr_at, model_inputs,
+                              parse_config, seed_everything, sft_loss)
 
 
 @dataclass

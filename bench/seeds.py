@@ -100,7 +100,7 @@ def main():
 def probe(sft, sft_args):
     """SFT's teacher-forced caption accuracy (bench.probe_vision) on 60 val videos of the data it trained on."""
     from bench.probe_vision import caption_accuracy
-    from mmduet2.stream import load_checkpoint
+    from mmduet2.checkpoint import load_checkpoint
     from mmduet2.training import Split
     flags = shlex.split(sft_args)
     data = flags[flags.index("--data") + 1] if "--data" in flags else "data/toy"

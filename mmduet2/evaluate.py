@@ -16,6 +16,7 @@ import statistics
 
 import torch
 
+from .checkpoint import write_json
 from .dialogue import NO_REPLY
 from .metrics import proactive_pauc
 from .stream import Streamer
@@ -85,9 +86,7 @@ def _check_provenance(pred_path, provenance, fresh):
         for p in (pred_path, meta_path):
             if os.path.exists(p):
                 os.remove(p)
-        with open(meta_path + ".tmp", "w") as f:
-            json.dump(provenance, f, indent=1)
-        os.replace(meta_path + ".tmp", meta_path)
+        write_json(meta_path, provenance, indent=1)
         return
     saved = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
     diff = [k for k in provenance if saved.get(k) != provenance[k]]

@@ -17,7 +17,6 @@ max(h, w) / merge, which differs for videos whose temporal ids outgrow the frame
 import bisect
 import json
 import os
-import tempfile
 
 import torch
 import torch.utils.checkpoint
@@ -411,22 +410,12 @@ class MMDuet2(nn.Module):
     def save_pretrained(self, path):
         """Write config.json + model.safetensors in the hub layout; each file appears whole or not at all."""
         from safetensors.torch import save_file
+
+        from .checkpoint import atomic_path  # imported here: checkpoint.py imports this module
         os.makedirs(path, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self._hub_state().items()}
         config = json.dumps(self.config.to_hf(str(self.dtype).removeprefix("torch.")), indent=2) + "\n"
-        for name, write in (("model.safetensors", lambda f: save_file(state, f, metadata={"format": "pt"})),
-                            ("config.json", lambda f: _write_text(f, config))):
-            fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-            os.close(fd)
-            try:
-                write(tmp)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, os.path.join(path, name))
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-
-
-def _write_text(file, text):
-    with open(file, "w") as f:
-        f.write(text)
+        with atomic_path(os.path.join(path, "model.safetensors")) as tmp:
+            save_file(state, tmp, metadata={"format": "pt"})
+        with atomic_path(os.path.join(path, "config.json")) as tmp, open(tmp, "w") as f:
+            f.write(config)

@@ -3,18 +3,16 @@
 Pillow is already a dependency (frames), so the pictures cost no plotting library. They are plain on purpose:
 enough to see when a model spoke and whether RL moved its replies earlier.
 """
-import os
-
 from PIL import Image, ImageDraw
+
+from .checkpoint import atomic_path
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
 
 
 def _save(img, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)  # never leave a half-written picture behind
+    with atomic_path(path) as tmp:  # never leave a half-written picture behind
+        img.save(tmp, format="PNG")
 
 
 def draw_timeline(path, duration, replies, spans, title="", rows=None):

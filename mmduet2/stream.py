@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import preset
 from .dialogue import NO_REPLY, SYSTEM_PROMPT, reply_ids, user_chunk_ids
+from .model import MMDuet2
 from .processor import process_images
-from .tokenizer import SPECIAL_TOKENS
+from .tokenizer import SPECIAL_TOKENS, train_toy_tokenizer
 
 
 @dataclass
@@ -250,31 +252,8 @@ class Streamer:
         return replies
 
 
-def load_checkpoint(path, dtype=torch.float32, device="cpu"):
-    """A checkpoint directory: the hub layout (config.json + safetensors) plus tokenizer.json."""
-    from .model import MMDuet2
-    from .tokenizer import Tokenizer
-    model = MMDuet2.from_pretrained(path, dtype=dtype).to(device).eval()
-    tok = Tokenizer.from_dir(path)
-    check_token_ids(model.config, tok)
-    return model, tok
-
-
-def check_token_ids(config, tok):
-    """Special-token ids live in both config.json and tokenizer.json; a drift silently ruins everything."""
-    pairs = {"image_token_id": tok.image_pad_id, "video_token_id": tok.video_pad_id,
-             "vision_start_token_id": tok.vision_start_id}
-    bad = [f"{k}={getattr(config, k)} but the tokenizer says {v}" for k, v in pairs.items() if getattr(config, k) != v]
-    if bad:
-        raise ValueError("config.json and tokenizer.json disagree on special tokens (" + "; ".join(bad)
-                         + "): use the tokenizer.json saved with this checkpoint.")
-
-
 def random_toy_model(text):
     """A random toy model with a toy tokenizer that covers `text` (the demo without a checkpoint, benchmarks)."""
-    from .config import preset
-    from .model import MMDuet2
-    from .tokenizer import train_toy_tokenizer
     tok = train_toy_tokenizer([SYSTEM_PROMPT, text, NO_REPLY], vocab_size=512)
     cfg = preset("toy", vocab_size=tok.vocab_size, image_token_id=tok.image_pad_id,
                  video_token_id=tok.video_pad_id, vision_start_token_id=tok.vision_start_id,

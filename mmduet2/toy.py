@@ -35,7 +35,6 @@ object first in the frame stamped `appear`, the start of its reply span, and nev
 import argparse
 import json
 import os
-import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .checkpoint import atomic_path
 from .video import write_video
 
 VERSION = 6
@@ -337,22 +337,14 @@ def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], 
     if not force and (found is not None or os.path.isdir(out_dir) and os.listdir(out_dir)):
         raise ValueError(f"{out_dir} already holds other data ({found or 'no meta.json'}), not ShapeWatch {want}: "
                          "delete it, pick another folder, or pass force=True (--force).")
-    tmp, old = f"{out_dir}.tmp{os.getpid()}", f"{out_dir}.old{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    if log:
+        log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
     try:
-        if log:
-            log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
-        generate(tmp, train, val, test, seed, log)
-        if os.path.isdir(out_dir):
-            os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if have() != want:                  # another process finishing first is fine, anything else is not
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_path(out_dir) as tmp:
+            generate(tmp, train, val, test, seed, log)
+    except OSError:
+        if have() != want:                      # another process finishing first is fine, anything else is not
+            raise
     return out_dir
 
 

@@ -1,10 +1,5 @@
-"""What train_sft.py and train_rl.py share: loading a split with its frames, batching rendered dialogues,
-per-token log-probs, the learning-rate schedule, and atomic checkpoints with exact resume.
-
-A checkpoint directory is the hub layout (config.json + model.safetensors) plus tokenizer.json, so eval.py,
-the demo and the reference implementation read it as they are; `trainer_state.pt` (optimizer, step, RNG
-states) and `train_config.json` sit beside it for resuming. A directory is written whole to a temporary
-sibling and renamed into place, so a crash mid-save never destroys the previous checkpoint.
+"""What train_sft.py and train_rl.py share: loading a split with its frames, batching rendered dialogues, the
+SFT loss, the command line, the learning-rate schedule and data parallelism (checkpoints: checkpoint.py).
 
 Data parallel: under `torchrun --nproc_per_node N` each process takes its own share of every step's data and
 torch's DistributedDataParallel averages the gradients; process 0 alone logs, validates and saves.
@@ -12,15 +7,12 @@ torch's DistributedDataParallel averages the gradients; process 0 alone logs, va
 import argparse
 import functools
 import inspect
-import json
 import math
 import os
 import random
 import re
-import shutil
-import sys
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -248,68 +240,3 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
-    """Write model (hub layout), tokenizer, optimizer, step and RNG state to out_dir, atomically."""
-    out_dir = os.path.abspath(out_dir)
-    tmp, old = out_dir + ".tmp", out_dir + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(), "extra": extra or {}},
-               os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "train_config.json"), "w") as f:
-        json.dump(config if isinstance(config, dict) else asdict(config), f, indent=2)
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def check_resume(ckpt_dir, cfg, fields):
-    """Exit with one sentence if the train_config.json in ckpt_dir differs from `cfg` (a config dataclass) in any
-    of `fields`: a resumed run must go on with the data and model it started with."""
-    path = os.path.join(ckpt_dir, "train_config.json")
-    if not os.path.isfile(path):
-        sys.exit(f"{path} not found: --resume needs a checkpoint written by this script.")
-    with open(path) as f:
-        saved = json.load(f)
-
-    def norm(v):  # "data/toy/" is "data/toy"; a tuple is the list JSON made of it
-        return os.path.normpath(v) if isinstance(v, str) and v else json.loads(json.dumps(v))
-    now = asdict(cfg)
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {now[k]!r})" for k in fields
-            if norm(saved.get(k)) != norm(now[k])]
-    if diff:
-        sys.exit(f"{ckpt_dir} was trained with {', '.join(diff)}: resume with the same flags, or start a new --out.")
-
-
-def load_trainer_state(ckpt_dir, optimizer):
-    """Restore optimizer and RNG state; returns (step, extra)."""
-    path = os.path.join(ckpt_dir, "trainer_state.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --resume needs a checkpoint written by this script.")
-    state = torch.load(path, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return state["step"], state["extra"]

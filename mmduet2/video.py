@@ -22,6 +22,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from .checkpoint import atomic_path
+
 EPS = 1e-6                                      # float slack when comparing times (0.1 * 3 != 0.3)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -154,22 +156,15 @@ def write_video(path, frames, fps):
     h, w = frames[0].shape[:2]
     if h % 2 or w % 2:
         raise ValueError(f"write_video({path}): frame size {w}x{h} must be even for yuv420p; crop or pad it.")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.mp4"
     rate = Fraction(fps).limit_denominator(1001)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     # bf=0 keeps pts == decode order; threads=1 keeps the bytes identical run to run (the toy data is seeded)
     options = {"crf": "10", "preset": "veryfast", "bf": "0", "threads": "1"} if codec == "libx264" else {"b": "4M"}
-    try:
-        with av.open(tmp, "w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=rate, options=options)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            for i, f in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-                frame.pts, frame.time_base = i, 1 / rate
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, av.open(tmp, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from mmduet2.checkpoint import check_token_ids
 from mmduet2.config import preset
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
 from mmduet2.grpo import token_logprobs
 from mmduet2.model import MMDuet2
 from demo import main
-from mmduet2.stream import StreamConfig, Streamer, check_token_ids, unsayable_ids
+from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
 from mmduet2.tokenizer import train_toy_tokenizer
 
 QUESTION = "Tell me every time a red shape appears."

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from mmduet2.checkpoint import check_resume
 from mmduet2.config import preset
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import train_toy_tokenizer
 from mmduet2.toy import ensure_toy_data
-from mmduet2.training import Split, check_resume, collate, loss_positions, model_inputs, sft_loss
+from mmduet2.training import Split, collate, loss_positions, model_inputs, sft_loss
 from mmduet2.video import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
