@@ -26,23 +26,22 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from mmduet2 import grpo
-from mmduet2.checkpoint import check_resume, check_token_ids, load_trainer_state, save_checkpoint
+from mmduet2.checkpoint import check_resume, load_checkpoint, load_trainer_state, save_checkpoint
 from mmduet2.data import load_proactive_records
 from mmduet2.dialogue import NO_REPLY
-from mmduet2.evaluate import predict_records, score
-from mmduet2.judges import JudgeError, LLMJudge, RuleJudge, rule_repetition_judge
+from mmduet2.evaluate import predict_records, reply_delays, score
+from mmduet2.judges import REWARD_MAX, JudgeError, LLMJudge, RuleJudge, rule_repetition_judge
 from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
 from mmduet2.rewards import RewardConfig, proactive_reward, turn_penalties
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
-from mmduet2.tokenizer import Tokenizer
 from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, model_inputs, parse_config,
                               seed_everything)
 
@@ -67,20 +66,16 @@ class RLConfig:
     frames_per_turn: int = 2
     frame_interval: float = 2.0        # seconds per frame, as in SFT (the toy also evaluates at 2 s; README)
     # GRPO switches (paper defaults; see mmduet2/grpo.py)
-    normalize_std: bool = True
-    skip_constant_groups: bool = False
+    normalize_std: bool = True         # divide by the group's unbiased reward std (False: Dr.GRPO, centring only)
+    skip_constant_groups: bool = False  # leave out of the update the groups whose rewards are all equal
     clip_eps: float = 0.2
-    dual_clip: float = 3.0
+    dual_clip: float = 3.0             # c of the dual clip for negative advantages (0: off)
     kl_coef: float = 0.0
     loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
     adv_per_term: bool = False         # not the paper's: normalise each reward term in its group, then weight
     turn_credit: float = 0.0           # not the paper's: extra advantage -C on a repeating or off-span turn's tokens
-    # reward weights (mmduet2/rewards.py holds the terms)
-    w_pauc: float = 3.0                # weight of r_pauc, answer quality integrated over time
-    w_rep: float = 2.0                 # weight of r_rep, the repetition penalty
-    w_out: float = 0.5                 # weight of r_out, speaking outside every gold span
-    w_pfx: float = 2.0                 # weight of r_pfx, replies sharing a 50-character prefix
-    out_mode: str = "turns"            # turns (released code) | replies (paper wording)
+    # the reward: each field of RewardConfig (mmduet2/rewards.py) is a flag of its own (--w-rep 0, --out-mode replies)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     judge: str = "rule"                # rule | llm
     judge_url: str = ""                # OpenAI-compatible base URL for --judge llm
     judge_model: str = ""              # model name served there
@@ -99,8 +94,33 @@ class RLConfig:
     device: str = "auto"               # cpu, cuda or auto
 
 
+# the figures of the printed line per step (every figure goes to OUT_log.jsonl), beside the reward terms
+PRINTED = ("step", "reward", "reply_rate", "reply_delay", "grad_norm", "step_s", "val_reward", "val_pauc", "val_dup")
 
-WEIGHTS = {"r_pauc": "w_pauc", "r_rep": "w_rep", "r_out": "w_out", "r_pfx": "w_pfx"}  # reward term -> weight
+
+@dataclass
+class Judges:
+    """Who scores a run: the reward's similarity and repetition judges, the benchmark judge of validation, and the
+    LLM judge behind them (None with the rule judges), whose failure rate is checked after every rollout."""
+    sim: object
+    rep: object
+    bench: object
+    llm: LLMJudge = None
+
+
+def make_judges(cfg):
+    if cfg.judge != "llm":
+        return Judges(RuleJudge(max_score=cfg.reward.max_score, precision=True), rule_repetition_judge,
+                      RuleJudge(max_score=2))
+    if cfg.reward.max_score != REWARD_MAX:
+        sys.exit(f"--max-score {cfg.reward.max_score}: the LLM judge's reward rubric scores 0..{REWARD_MAX}; run it "
+                 f"with --max-score {REWARD_MAX}.")
+    llm = LLMJudge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout)
+    try:
+        llm.ping()  # before the first rollout, not after it
+    except JudgeError as e:
+        sys.exit(str(e))
+    return Judges(llm.reward_score, llm.is_repetition, llm.benchmark_score, llm)
 
 
 def episode_window(specs, rng, cfg):
@@ -113,7 +133,7 @@ def episode_window(specs, rng, cfg):
     return ctx, [s for s in specs if start < s.time <= start + length]
 
 
-def rollout(model, tok, split, prompts, rng, cfg, reward_fn, penalty_fn=None):
+def rollout(model, tok, split, prompts, rng, cfg, judges):
     """G trajectories for each prompt, played as one batch; returns a list of grpo.Episode, group by group.
 
     Each prompt's context turns are prefilled once and the cache expanded to its G rows; then the groups are
@@ -152,24 +172,73 @@ def rollout(model, tok, split, prompts, rng, cfg, reward_fn, penalty_fn=None):
         pixel_values, grids = torch.cat(batch.pixel_values[p * g_size]), torch.cat(batch.grids[p * g_size])
         for g, row in enumerate(batch.rows[p * g_size:(p + 1) * g_size]):
             turns = row.turns[len(ctx):]
-            total, comps = reward_fn(turns, answers, context_replies, questions)
+            total, comps = proactive_reward(turns, answers, context_replies, judges.sim, judges.rep, cfg.reward,
+                                            questions)
+            penalties = (turn_penalties(turns, answers, context_replies, judges.rep, questions)
+                         if cfg.turn_credit else None)
             episodes.append(grpo.Episode(prompt_id=rec["id"], group=g, input_ids=row.ids, sampled_mask=row.sampled,
                                          turns=turns, reward=total, components=comps, pixel_values=pixel_values,
-                                         image_grid_thw=grids, answers=answers,
-                                         turn_penalties=penalty_fn and penalty_fn(turns, answers, context_replies,
-                                                                                  questions)))
+                                         image_grid_thw=grids, answers=answers, turn_penalties=penalties))
     return episodes
 
 
-def reply_delay(ep):
-    """Seconds from each gold span's start to the first reply inside it (spans with a reply only)."""
-    out = []
-    for a in ep.answers:
-        s, e = a["reply_timespan"]
-        times = [t for t, text in ep.turns if text != NO_REPLY and s <= t <= e]
-        if times:
-            out.append(min(times) - s)
-    return out
+def sampled_logprobs(module, inputs, mask, cfg, banned):
+    """Per-token log-probs (B, T) under `module`, its logits computed only where a sampled token is predicted."""
+    pos = loss_positions(mask)
+    return grpo.token_logprobs(module(**inputs, logits_to_keep=pos), inputs["input_ids"], cfg.temperature, pos, banned)
+
+
+def validate(model, tok, records, cfg, judges):
+    """Greedy streams of the val questions: benchmark metrics, plus the RL reward of each whole stream."""
+    model.eval()
+    stream_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, keep_pixels=False)
+    preds, failed = predict_records(model, tok, records, cfg.data, stream_cfg, log=None, batch_size=40)
+    if failed:
+        sys.exit(f"{len(failed)} val videos could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
+    m, rewards = score(records, preds, judges.bench), []
+    for rec in records:
+        said, q = {r["time"]: r["content"] for r in preds[rec["question_id"]]["replies"]}, rec["conversation"][0]
+        turns = [(t, said.get(t, NO_REPLY)) for t in preds[rec["question_id"]]["turn_times"]]
+        answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"], "question": q["content"]}
+                   for a in rec["answer"]]
+        rewards.append(proactive_reward(turns, answers, [], judges.sim, judges.rep, cfg.reward,
+                                        [(q["time"], q["content"])])[0])
+    m["reward"] = float(np.mean(rewards))
+    return m
+
+
+def save_policy(path, model, tok, optimizer, step, cfg, history):
+    """A resumable checkpoint. With LoRA it is a merged, plain hub-layout copy (what eval.py reads) and the adapters
+    themselves go into trainer_state.pt for --resume; training goes on unmerged."""
+    if not cfg.lora_rank:
+        return save_checkpoint(path, model, tok, optimizer, step, asdict(cfg), extra=history)
+    adapters = {k: v.detach().cpu() for k, v in model.state_dict().items() if ".lora_" in k}
+    save_checkpoint(path, merge_lora(copy.deepcopy(model)), tok, optimizer, step, asdict(cfg),
+                    extra={**history, "lora": adapters})
+
+
+def restore_adapters(model, adapters, cfg, last_dir):
+    """Put back the LoRA adapters a resumed run saved (the base weights are the SFT model's, which LoRA leaves)."""
+    if bool(adapters) != bool(cfg.lora_rank):
+        sys.exit(f"{last_dir} was saved by a run {'with' if adapters else 'without'} LoRA: resume it with the "
+                 "same --lora-rank (and targets) it was started with.")
+    if adapters:
+        loaded = model.load_state_dict(adapters, strict=False)  # the base weights are "missing" by design
+        if loaded.unexpected_keys or any(".lora_" in k for k in loaded.missing_keys):
+            sys.exit(f"the adapters in {last_dir} do not fit --lora-targets {cfg.lora_targets}: resume with the "
+                     "targets the run was started with.")
+
+
+def validate_and_keep_best(model, tok, optimizer, step, history, val_records, cfg, judges):
+    """Validate, record the figures in `history`, and save the policy to cfg.out if it is the best so far."""
+    m = validate(model, tok, val_records, cfg, judges)
+    history["val_pauc"].append((step, m["pauc"]))
+    history["val_dup"].append((step, 100 * m["duplicate_ratio"]))
+    history["val_reward"].append((step, m["reward"]))
+    if m[cfg.select] > history["best"][1]:
+        history["best"] = (step, m[cfg.select])
+        save_policy(cfg.out, model, tok, optimizer, step, cfg, history)
+    return m
 
 
 def curves(history, window=10):
@@ -191,26 +260,9 @@ def main():
     if par.main:
         print(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
-    gcfg = grpo.GRPOConfig(normalize_std=cfg.normalize_std, skip_constant_groups=cfg.skip_constant_groups,
-                           clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef,
-                           loss_agg=cfg.loss_agg, temperature=cfg.temperature, group_size=cfg.group_size)
-    rcfg = RewardConfig(w_pauc=cfg.w_pauc, w_rep=cfg.w_rep, w_out=cfg.w_out, w_pfx=cfg.w_pfx, out_mode=cfg.out_mode)
-    if cfg.judge == "llm":
-        llm = LLMJudge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout)
-        try:
-            llm.ping()  # before the first rollout, not after it
-        except JudgeError as e:
-            sys.exit(str(e))
-        sim_judge, rep_judge, bench_judge = llm.reward_score, llm.is_repetition, llm.benchmark_score
-    else:
-        sim_judge, rep_judge = RuleJudge(max_score=4, precision=True), rule_repetition_judge
-        bench_judge = RuleJudge(max_score=2)
-
-    def reward_fn(turns, answers, context_replies, questions):
-        return proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, rcfg, questions)
-
-    def penalty_fn(turns, answers, context_replies, questions):
-        return turn_penalties(turns, answers, context_replies, rep_judge, questions)
+    gcfg = grpo.GRPOConfig(clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef,
+                           loss_agg=cfg.loss_agg)
+    judges = make_judges(cfg)
 
     # ---- data -------------------------------------------------------------------------------------------
     train = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
@@ -229,8 +281,7 @@ def main():
     src = last_dir if resume and not cfg.lora_rank else cfg.sft
     if not os.path.exists(os.path.join(src, "config.json")):
         sys.exit(f"{src} holds no checkpoint: run train_sft.py first (or pass --sft DIR).")
-    model, tok = MMDuet2.from_pretrained(src).to(device), Tokenizer.from_dir(src)
-    check_token_ids(model.config, tok)
+    model, tok = load_checkpoint(src, device=device)
     banned = unsayable_ids(tok, model.config.text.vocab_size)  # masked when sampling, so in the update too
     if cfg.lora_rank:
         apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=tuple(cfg.lora_targets.split(",")))
@@ -244,55 +295,9 @@ def main():
     step, history = 0, {"reward": [], "val_pauc": [], "val_dup": [], "val_reward": [], "best": (0, -float("inf"))}
     if resume:
         step, history = load_trainer_state(last_dir, optimizer)
-        adapters = history.pop("lora", None)
-        if bool(adapters) != bool(cfg.lora_rank):
-            sys.exit(f"{last_dir} was saved by a run {'with' if adapters else 'without'} LoRA: resume it with the "
-                     "same --lora-rank (and targets) it was started with.")
-        if adapters:
-            loaded = model.load_state_dict(adapters, strict=False)  # the base weights are "missing" by design
-            if loaded.unexpected_keys or any(".lora_" in k for k in loaded.missing_keys):
-                sys.exit(f"the adapters in {last_dir} do not fit --lora-targets {cfg.lora_targets}: resume with the "
-                         "targets the run was started with.")
-    eval_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, keep_pixels=False)
-    video_root = cfg.data
-
-    def validate():
-        """Greedy streams of the val questions: benchmark metrics, plus the RL reward of each whole stream."""
-        model.eval()
-        preds, failed = predict_records(model, tok, val_records, video_root, eval_cfg, log=None, batch_size=40)
-        if failed:
-            sys.exit(f"{len(failed)} val videos could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
-        m, rewards = score(val_records, preds, bench_judge), []
-        for rec in val_records:
-            said, q = {r["time"]: r["content"] for r in preds[rec["question_id"]]["replies"]}, rec["conversation"][0]
-            turns = [(t, said.get(t, NO_REPLY)) for t in preds[rec["question_id"]]["turn_times"]]
-            answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"], "question": q["content"]}
-                       for a in rec["answer"]]
-            rewards.append(reward_fn(turns, answers, [], [(q["time"], q["content"])])[0])
-        m["reward"] = float(np.mean(rewards))
-        return m
-
-    def save(path):
-        # With LoRA the saved checkpoint is a merged, plain hub-layout copy (what eval.py reads) and the adapters
-        # themselves go into trainer_state.pt for --resume; training goes on unmerged.
-        if not cfg.lora_rank:
-            return save_checkpoint(path, model, tok, optimizer, step, asdict(cfg), extra=history)
-        adapters = {k: v.detach().cpu() for k, v in model.state_dict().items() if ".lora_" in k}
-        save_checkpoint(path, merge_lora(copy.deepcopy(model)), tok, optimizer, step, asdict(cfg),
-                        extra={**history, "lora": adapters})
-
-    def validate_and_keep_best():
-        m = validate()
-        history["val_pauc"].append((step, m["pauc"]))
-        history["val_dup"].append((step, 100 * m["duplicate_ratio"]))
-        history["val_reward"].append((step, m["reward"]))
-        if m[cfg.select] > history["best"][1]:
-            history["best"] = (step, m[cfg.select])
-            save(cfg.out)
-        return m
-
+        restore_adapters(model, history.pop("lora", None), cfg, last_dir)
     if not resume and par.main:
-        m = validate_and_keep_best()
+        m = validate_and_keep_best(model, tok, optimizer, step, history, val_records, cfg, judges)
         print(f"step 0 val reward {m['reward']:.3f}  PAUC {m['pauc']:.1f}  dup {m['duplicates']} of "
               f"{m['replies_after_first']}  replies/ex {m['reply_turns']:.2f}  delay {m['median_reply_delay']}")
 
@@ -302,31 +307,35 @@ def main():
     t0 = time.time()
     while step < cfg.steps:
         ts = time.time()
-        # The step's prompts and samples depend on (seed, step) (and the process under torchrun).
+        # The step's prompts and samples depend on (seed, step) (and the process under torchrun), so a resumed
+        # run plays exactly the rollouts the uninterrupted one would have.
         rng = np.random.default_rng([cfg.seed, step] + ([par.rank] if par.world > 1 else []))
+
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
-        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn,
-                           penalty_fn if cfg.turn_credit else None)
+        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, judges)
         t_roll = time.time() - ts
-        # rewards -> advantages
+
+        # reward -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])
-        if cfg.judge == "llm":  # a judge answering nonsense would otherwise train on a constant reward
+        if judges.llm:  # a judge answering nonsense would otherwise train on a constant reward
             try:
-                llm.check_failures(cfg.judge_max_failures)
+                judges.llm.check_failures(cfg.judge_max_failures)
             except JudgeError as e:
                 sys.exit(f"step {step + 1}: {e}")
         if cfg.adv_per_term:
-            comps = torch.tensor([[ep.components[k] for k in WEIGHTS] for ep in episodes])
-            adv = grpo.term_advantages(comps, [getattr(cfg, w) for w in WEIGHTS.values()], cfg.group_size,
-                                       cfg.normalize_std)
+            weights = cfg.reward.weights()
+            comps = torch.tensor([[ep.components[k] for k in weights] for ep in episodes])
+            adv = grpo.term_advantages(comps, list(weights.values()), cfg.group_size, cfg.normalize_std)
         else:
             adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
         keep = torch.ones(len(episodes), dtype=torch.bool)
         if cfg.skip_constant_groups:
             keep = ~grpo.constant_group_mask(rewards, cfg.group_size)
-        # update
+
+        # update: one gradient step over the kept trajectories, in micro-batches of cfg.micro_batch whose weighted
+        # losses add up to the loss of the whole batch (grpo.micro_batch_weight)
         model.train()
         idx = keep.nonzero()[:, 0].tolist()
         n_tokens = sum(sum(episodes[i].sampled_mask) for i in idx)
@@ -340,22 +349,18 @@ def main():
             mask = batch["loss_mask"].to(device)
             with par.no_sync(net, last):  # DDP averages the gradients once, after the last micro-batch
                 with autocast(device):
-                    pos = loss_positions(mask)  # logits only where a sampled token is predicted
-                    logp = grpo.token_logprobs(net(**inputs, logits_to_keep=pos), inputs["input_ids"],
-                                               cfg.temperature, pos, banned)
+                    logp = sampled_logprobs(net, inputs, mask, cfg, banned)
                     ref_logp = None
                     if ref is not None:
                         with torch.no_grad():
-                            ref_logp = grpo.token_logprobs(ref(**inputs, logits_to_keep=pos), inputs["input_ids"],
-                                                           cfg.temperature, pos, banned)
-                # One on-policy update per batch: the old policy is this one, so the ratio starts at exactly 1.
+                            ref_logp = sampled_logprobs(ref, inputs, mask, cfg, banned)
+                # One on-policy update per batch (docs/method.md 3.2): the old policy is this one, so every ratio is
+                # exactly 1, no clip binds, and the gradient is the plain policy gradient of A * log p.
                 adv_part = adv[part] if not cfg.turn_credit else grpo.turn_advantages(
                     adv[part], [episodes[i].sampled_mask for i in part], [episodes[i].turn_penalties for i in part],
                     cfg.turn_credit)
                 loss, stats = grpo.ppo_loss(logp, logp.detach(), adv_part.to(device), mask, gcfg, ref_logp)
-                # Each micro-batch's share of the batch-level aggregate.
-                weight = mask.sum().item() / n_tokens if cfg.loss_agg == "token_mean" else len(part) / len(idx)
-                (loss * weight).backward()
+                (loss * grpo.micro_batch_weight(mask, len(idx), n_tokens, gcfg)).backward()
             for key, v in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + float(v) * len(part)
             n_seen += len(part)
@@ -364,9 +369,10 @@ def main():
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+
         # log
         played = [t for ep in episodes for t in ep.turns]
-        delays = [d for ep in episodes for d in reply_delay(ep)]
+        delays = [d for ep in episodes for d in reply_delays([a["reply_timespan"] for a in ep.answers], ep.turns)]
         entry = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
                  **{k: float(np.mean([ep.components[k] for ep in episodes])) for k in episodes[0].components},
                  "adv_abs_mean": adv.abs().mean().item(), "groups_kept": len(idx) / len(episodes),
@@ -374,17 +380,18 @@ def main():
                  "reply_delay": float(np.mean(delays)) if delays else None, "grad_norm": grad_norm,
                  "tokens_per_s": sum(len(ep.input_ids) for ep in episodes) / (time.time() - ts),
                  "rollout_s": t_roll, "step_s": time.time() - ts,
-                 "judge_failures": llm.failures if cfg.judge == "llm" else 0,
+                 "judge_failures": judges.llm.failures if judges.llm else 0,
                  **{k: v / max(1, n_seen) for k, v in stats_sum.items()}}
         if not par.main:
             continue
         history["reward"].append((step, entry["reward"]))
+
+        # eval (its figures join the step's log line)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            m = validate_and_keep_best()
+            m = validate_and_keep_best(model, tok, optimizer, step, history, val_records, cfg, judges)
             entry.update(val_reward=m["reward"], val_pauc=m["pauc"], val_dup=m["duplicate_ratio"])
         print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()
-                       if k in ("step", "reward", "r_pauc", "r_rep", "r_out", "r_pfx", "reply_rate", "reply_delay",
-                                "grad_norm", "step_s", "val_reward", "val_pauc", "val_dup")), flush=True)
+                       if k in PRINTED or k in episodes[0].components), flush=True)
         log.write(json.dumps(entry) + "\n")
         log.flush()
         if step % cfg.sample_every == 0:
@@ -392,8 +399,10 @@ def main():
             spans = [a["reply_timespan"] for a in ep.answers]
             print(f"  sample {ep.prompt_id} (reward {ep.reward:.2f}, gold spans {spans}): "
                   + " | ".join(f"{t:g}s {text}" for t, text in ep.turns if text != NO_REPLY))
+
+        # checkpoint
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save(last_dir)
+            save_policy(last_dir, model, tok, optimizer, step, cfg, history)
             draw_curves(cfg.out.rstrip("/") + "_curves.png", curves(history), title="GRPO on ShapeWatch")
     par.close()
     if not par.main:

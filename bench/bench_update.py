@@ -37,7 +37,7 @@ def one_variant(length, sampled, device, keep):
 
     def step():
         pos = loss_positions(mask) if keep else None
-        logp = grpo.token_logprobs(model(ids, logits_to_keep=pos), ids, cfg.temperature, pos)
+        logp = grpo.token_logprobs(model(ids, logits_to_keep=pos), ids, 1.2, pos)  # train_rl's temperature
         loss, _ = grpo.ppo_loss(logp, logp.detach(), torch.ones(1, device=device), mask, cfg)
         loss.backward()
         model.zero_grad(set_to_none=True)

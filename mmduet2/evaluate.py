@@ -134,16 +134,16 @@ def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=pr
     return preds, failed
 
 
-def reply_delays(records, replies):
-    """Seconds from the start of each gold reply span (the evidence appearing) to the first reply inside it."""
+def reply_delays(spans, turns):
+    """Seconds from the start of each gold reply span (the evidence appearing) to the first reply inside it, for
+    the spans holding one. spans: [[start, end]]; turns: [(time, text)], silent ones skipped (eval and RL log).
+    Example: spans [[2, 6], [10, 12]], turns [(4, "A red circle."), (6, "NO REPLY"), (8, "Again.")] -> [2]."""
+    times = [t for t, text in turns if not silent(text)]
     delays = []
-    for rec in records:
-        times = [p["time"] for p in replies.get(rec["question_id"], []) if not silent(p["content"])]
-        for ans in rec["answer"]:
-            a, b = ans["reply_timespan"]
-            inside = [t for t in times if a <= t <= b]
-            if inside:
-                delays.append(min(inside) - a)
+    for a, b in spans:
+        inside = [t for t in times if a <= t <= b]
+        if inside:
+            delays.append(min(inside) - a)
     return delays
 
 
@@ -178,7 +178,9 @@ def score(records, preds, judge, failed=()):
     Every record is scored; one without predictions (a failed video) said nothing."""
     replies = {q: [r for r in p["replies"] if not silent(r["content"])] for q, p in preds.items()}
     res = proactive_pauc(records, replies, judge, omega=0.5)
-    delays = reply_delays(records, replies)
+    delays = [d for rec in records
+              for d in reply_delays([a["reply_timespan"] for a in rec["answer"]],
+                                    [(x["time"], x["content"]) for x in replies.get(rec["question_id"], [])])]
     n_spans = sum(len(r["answer"]) for r in records)
     outside = sum(not any(a["reply_timespan"][0] <= x["time"] <= a["reply_timespan"][1] for a in rec["answer"])
                   for rec in records for x in replies.get(rec["question_id"], []))

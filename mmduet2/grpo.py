@@ -1,15 +1,18 @@
 """Multi-turn GRPO as pure functions over a typed episode record (docs/method.md section 3.2).
 
 rollout -> `Episode` (one trajectory, one scalar reward) -> `group_advantages` -> `token_logprobs` -> `ppo_loss`.
-The paper's choices are the defaults of `GRPOConfig`:
+The paper's choices are the defaults (of the functions and of `GRPOConfig`, the loss's settings):
   A_i = (R_i - mean_group R) / (std_group R + 1e-6), unbiased std, the same A on every sampled token of
   trajectory i (replies, `NO REPLY` and their <|im_end|>); PPO clip with eps 0.2 on both sides and dual clip
   c = 3 for negative advantages; token mean within each trajectory, then mean over trajectories; log-probs
-  from logits / 1.2 (the sampling temperature); no KL, no reference model, no entropy bonus.
-Each contested choice is a switch: `normalize_std=False` is Dr.GRPO's mean-centring, `skip_constant_groups`
-drops groups that carry no signal, `kl_coef > 0` adds a k3 KL to a frozen reference, and `loss_agg` picks
-"token_mean" (every sampled token of the batch weighs the same) or "seq_sum" (Dr.GRPO: token sum divided by a
-constant, so neither long nor short trajectories are favoured by the normaliser).
+  from logits / 1.2 (the sampling temperature, train_rl.py's --temperature); no KL, no reference model, no
+  entropy bonus.
+Each contested choice is a switch: `normalize_std=False` is Dr.GRPO's mean-centring, `constant_group_mask`
+finds the groups that carry no signal (train_rl.py's --skip-constant-groups drops them), `kl_coef > 0` adds a
+k3 KL to a frozen reference, and `loss_agg` picks "token_mean" (every sampled token of the batch weighs the
+same) or "seq_sum" (Dr.GRPO: token sum divided by a constant, so neither long nor short trajectories are
+favoured by the normaliser). A batch too big for one forward is split into micro-batches whose losses,
+weighted by `micro_batch_weight`, add up to the loss of the whole batch.
 A group whose rewards are all equal gets advantage exactly 0 (the formula's value in exact arithmetic; a
 rounded float64 mean would otherwise leave values around 1e-10 instead).
 """
@@ -44,15 +47,12 @@ class Episode:
 
 @dataclass
 class GRPOConfig:
-    normalize_std: bool = True          # divide by the group's unbiased std (False: Dr.GRPO, centring only)
-    skip_constant_groups: bool = False  # drop groups whose rewards are all equal (their advantages are 0)
+    """The settings of `ppo_loss` (and `micro_batch_weight`)."""
     clip_eps: float = 0.2               # PPO ratio clip [1 - eps, 1 + eps]
     dual_clip: float = 3.0              # c of the dual clip for A < 0 (Ye et al. 2020); None disables it
     kl_coef: float = 0.0                # weight of the k3 KL to a frozen reference (0: no reference model)
     loss_agg: str = "traj_token_mean"   # traj_token_mean (paper) | token_mean | seq_sum (Dr.GRPO)
     seq_sum_norm: float = 1024.0        # the constant divisor of "seq_sum" (a maximum trajectory length)
-    temperature: float = 1.2            # log-probs come from logits / temperature, as sampled
-    group_size: int = 4
 
     def __post_init__(self):
         if self.loss_agg not in LOSS_AGGS:
@@ -190,3 +190,16 @@ def ppo_loss(logprobs, old_logprobs, advantages, mask, cfg, ref_logprobs=None):
     stats = {"clip_frac": masked_mean(pg2 > pg1), "dual_clip_frac": masked_mean(dual),
              "ratio_mean": masked_mean(ratio), "kl": masked_mean(kl), "loss": loss.item()}
     return loss, stats
+
+
+def micro_batch_weight(mask, n_trajectories, n_tokens, cfg):
+    """The share of the whole batch's loss that one micro-batch's `ppo_loss` stands for, so that the weighted
+    micro-batch losses (and their gradients) add up to those of one pass over the batch: its share of the batch's
+    sampled tokens under "token_mean" (every token weighs the same), else its share of the trajectories (each
+    trajectory weighs the same). mask (b, T): the micro-batch's sampled mask; n_trajectories, n_tokens: the
+    batch's trajectories and sampled tokens.
+    Example: trajectories with 2, 6 and 4 sampled tokens in micro-batches [0, 1] and [2]: "token_mean" weighs
+    them 8/12 and 4/12, the other aggregations 2/3 and 1/3."""
+    if cfg.loss_agg == "token_mean":
+        return mask.sum().item() / n_tokens
+    return mask.shape[0] / n_trajectories

@@ -20,20 +20,23 @@ toothpaste."; NO REPLY; NO REPLY. Context reply: "The woman is brushing her teet
 A -> 4, B -> 3, C -> 4; repetition judge: A no, B yes, C no. R = 3*0.807292 + 2*(-0.25) + 0 + 0 = 1.921875.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .dialogue import NO_REPLY
-from .judges import judge_many
+from .judges import REWARD_MAX, judge_many
 from .metrics import pauc_area
 
 
 @dataclass
 class RewardConfig:
-    w_pauc: float = 3.0
-    w_rep: float = 2.0
-    w_out: float = 0.5
-    w_pfx: float = 2.0
-    max_score: int = 4          # S: the similarity judge answers 0..S (5-level rubric)
+    """The reward's weights and settings, each also a train_rl.py flag (--w-rep 0, --out-mode replies). A weight
+    field w_X weighs the term r_X in the total (`weights`), so a new term needs a function, a weight and one line
+    in `proactive_reward`'s components."""
+    w_pauc: float = 3.0         # weight of r_pauc, answer quality integrated over time
+    w_rep: float = 2.0          # weight of r_rep, the repetition penalty
+    w_out: float = 0.5          # weight of r_out, speaking outside every gold span
+    w_pfx: float = 2.0          # weight of r_pfx, replies sharing a prefix of prefix_chars characters
+    max_score: int = REWARD_MAX  # S: the similarity judge answers 0..S (4: the LLM judge's 5-level rubric)
     omega: float = 0.5          # time-axis compression of the PAUC area (0: timing counts fully, 1: not at all)
     start_score: float = 0.5    # the step function's value before the first reply (no reply: 0.5 / S)
     prefix_chars: int = 50      # a reply sharing a prefix this long with an earlier one counts as copied
@@ -43,6 +46,10 @@ class RewardConfig:
     def __post_init__(self):
         if self.out_mode not in ("turns", "replies"):
             raise ValueError(f"RewardConfig.out_mode must be 'turns' or 'replies', not {self.out_mode!r}.")
+
+    def weights(self):
+        """{term: weight} in field order, e.g. {"r_pauc": 3.0, "r_rep": 2.0, "r_out": 0.5, "r_pfx": 2.0}."""
+        return {"r_" + f.name[2:]: getattr(self, f.name) for f in fields(self) if f.name.startswith("w_")}
 
 
 def _silent(text):
@@ -177,18 +184,18 @@ def turn_penalties(turns, answers, context_replies, rep_judge, questions=()):
             for i, (t, text) in enumerate(turns)]
 
 
-def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weights=None, questions=()):
-    """(total, {"r_pauc", "r_rep", "r_out", "r_pfx"}) of one rollout.
+def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, cfg=None, questions=()):
+    """(total, {"r_pauc", "r_rep", "r_out", "r_pfx"}) of one rollout; the total weighs each term by cfg.weights().
 
     turns: [(time, text)] every assistant turn of the played window, NO REPLY included (sorted by time here).
     answers: [{"content", "reply_timespan": [start, end], "question"}] the gold answers of the window.
     context_replies: the ground-truth reply strings given as context before the window.
     sim_judge(question, gold, reply) -> 0..S | None; rep_judge(previous_text, new_reply, question) -> bool | None
     (a judge with a `.map` method gets all its requests of a term in one batch).
-    weights: a RewardConfig (weights, thresholds, out_mode); None -> RewardConfig().
+    cfg: a RewardConfig (weights, thresholds, out_mode); None -> RewardConfig().
     questions: [(time, text)] the dialogue's questions, for the repetition judge (which question a reply answers).
     """
-    cfg = weights or RewardConfig()
+    cfg = cfg or RewardConfig()
     for k, a in enumerate(answers):
         missing = [key for key in ("content", "reply_timespan", "question") if key not in a]
         if missing:
@@ -198,6 +205,5 @@ def proactive_reward(turns, answers, context_replies, sim_judge, rep_judge, weig
              "r_rep": r_rep(turns, answers, context_replies, rep_judge, questions, cfg.recount_repeats),
              "r_out": r_out(turns, answers, cfg.out_mode),
              "r_pfx": r_pfx(turns, context_replies, cfg.prefix_chars)}
-    total = (cfg.w_pauc * comps["r_pauc"] + cfg.w_rep * comps["r_rep"]
-             + cfg.w_out * comps["r_out"] + cfg.w_pfx * comps["r_pfx"])
+    total = sum(w * comps[term] for term, w in cfg.weights().items())
     return total, comps

@@ -12,7 +12,7 @@ import os
 import random
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 import numpy as np
 import torch
@@ -140,21 +140,36 @@ def sft_loss(logits, batch, positions=None):
 # Command line
 
 def parse_config(cls, description, argv=None):
-    """argparse over a config dataclass: one --flag per field, its help from the field's trailing comment.
-    Returns (config, resume)."""
-    comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.+)$", inspect.getsource(cls), re.M))
+    """argparse over a config dataclass: one --flag per field, its help from the field's trailing comment. A field
+    holding a config dataclass (RLConfig.reward, a RewardConfig) gives one flag per field of that class instead
+    (--w-rep), so a field added there is a flag at once. Returns (config, resume)."""
     p = argparse.ArgumentParser(description=description)
+    nested = _add_flags(p, cls)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint this run last saved")
+    args = vars(p.parse_args(argv))
+    resume = args.pop("resume")
+    for name, sub in nested.items():
+        args[name] = sub(**{f.name: args.pop(f.name) for f in fields(sub)})
+    return cls(**args), resume
+
+
+def _add_flags(p, cls):
+    """Add a flag per field of `cls` to the parser; returns {field name: class} of the nested config fields."""
+    comments = dict(re.findall(r"^\s+(\w+): .*?#\s*(.+)$", inspect.getsource(cls), re.M))
+    nested = {}
     for f in fields(cls):
-        flag, default = "--" + f.name.replace("_", "-"), f.default
+        default = f.default_factory() if f.default is MISSING else f.default
+        if is_dataclass(default):
+            nested[f.name] = type(default)
+            _add_flags(p, type(default))
+            continue
+        flag = "--" + f.name.replace("_", "-")
         text = f"{comments.get(f.name, f.name.replace('_', ' '))} (default {default!r})"
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
             p.add_argument(flag, type=type(default), default=default, help=text)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint this run last saved")
-    args = vars(p.parse_args(argv))
-    resume = args.pop("resume")
-    return cls(**args), resume
+    return nested
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -132,3 +132,10 @@ def test_eval_refuses_bad_input_with_one_sentence(tmp_path):
     gold.write_text(json.dumps(recs))
     run = eval_py("--judge", "rule", "--frame-interval", "0")
     assert run.returncode != 0 and "frame_interval" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_reply_delays_by_hand():
+    from mmduet2.evaluate import reply_delays
+    turns = [(4, "A red circle."), (6, "NO REPLY"), (8, "Again.")]
+    assert reply_delays([[2, 6], [10, 12]], turns) == [2]          # the second span holds no reply
+    assert reply_delays([[0, 4], [4, 8]], [(3, " "), *turns]) == [4, 0]  # blank is silence; one reply, two spans

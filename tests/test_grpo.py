@@ -188,7 +188,7 @@ def test_on_policy_gradient_direction():
     adv = torch.tensor([1.0, -1.0])
     logits = torch.nn.Parameter(torch.randn(2, T, V))
     cfg = GRPOConfig()
-    lp = token_logprobs(logits, ids, cfg.temperature)
+    lp = token_logprobs(logits, ids, 1.2)
     lp.retain_grad()
     loss, stats = ppo_loss(lp, lp.detach(), adv, mask, cfg)
     assert loss.item() == pytest.approx(-adv.mean().item()) and stats["ratio_mean"] == pytest.approx(1.0)
@@ -197,7 +197,7 @@ def test_on_policy_gradient_direction():
     torch.testing.assert_close(lp.grad, want)
     before = lp.detach()
     torch.optim.SGD([logits], lr=1.0).step()
-    after = token_logprobs(logits, ids, cfg.temperature).detach()
+    after = token_logprobs(logits, ids, 1.2).detach()
     assert (after[0][mask[0]] > before[0][mask[0]]).all()   # A > 0: sampled tokens become more likely
     assert (after[1][mask[1]] < before[1][mask[1]]).all()   # A < 0: less likely
     torch.testing.assert_close(after[~mask], before[~mask])  # unmasked positions get no gradient
@@ -227,3 +227,20 @@ def test_turn_advantages_by_hand():
     loss, _ = ppo_loss(lp, lp.detach(), adv[:1], mask, GRPOConfig())
     loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.5, -0.5, 0.0, 0.5]]) / 3)
+
+
+@pytest.mark.parametrize("agg", grpo.LOSS_AGGS)
+def test_micro_batch_weights_add_up_to_the_batch_loss(agg):
+    """Trajectories with 2, 6 and 4 sampled tokens, updated as micro-batches [0, 1] and [2]."""
+    torch.manual_seed(0)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    for i, n in enumerate((2, 6, 4)):
+        mask[i, 1:1 + n] = True
+    lp, old, adv = torch.randn(3, 8), torch.randn(3, 8) * 0.1, torch.tensor([1.0, -0.5, 2.0])
+    cfg = GRPOConfig(loss_agg=agg, seq_sum_norm=8)
+    weights = [grpo.micro_batch_weight(mask[part], 3, 12, cfg) for part in ([0, 1], [2])]
+    assert weights == pytest.approx([8 / 12, 4 / 12] if agg == "token_mean" else [2 / 3, 1 / 3])
+    whole, _ = ppo_loss(lp, old, adv, mask, cfg)
+    parts = sum(w * ppo_loss(lp[part], old[part], adv[part], mask[part], cfg)[0]
+                for w, part in zip(weights, ([0, 1], [2])))
+    torch.testing.assert_close(parts, whole)

@@ -13,9 +13,10 @@ import torch
 from mmduet2.checkpoint import check_resume
 from mmduet2.config import preset
 from mmduet2.model import MMDuet2
+from mmduet2.rewards import RewardConfig
 from mmduet2.tokenizer import train_toy_tokenizer
 from mmduet2.toy import ensure_toy_data
-from mmduet2.training import Split, collate, loss_positions, model_inputs, sft_loss
+from mmduet2.training import Split, collate, loss_positions, model_inputs, parse_config, sft_loss
 from mmduet2.video import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +110,15 @@ def test_sft_resume_checks_the_config(data, tmp_path):
     with pytest.raises(SystemExit, match=r"--data .* \(now 'other'\), --frame-interval 2.0 \(now 1.0\)"):
         check_resume(str(out), Cfg(**{**saved, "data": "other", "frame_interval": 1.0}),
                      ("preset", "data", "frame_interval"))
+
+
+def test_rl_flags_hold_every_reward_field():
+    """Each RewardConfig field is a train_rl.py flag (--w-rep 0 is the paper's ablation) that lands in cfg.reward."""
+    from train_rl import RLConfig
+    cfg, resume = parse_config(RLConfig, "", ["--w-rep", "0", "--no-recount-repeats", "--out-mode", "replies",
+                                              "--resume"])
+    assert cfg.reward == RewardConfig(w_rep=0.0, recount_repeats=False, out_mode="replies") and resume
+    assert parse_config(RLConfig, "", []) == (RLConfig(), False)
 
 
 def test_toy_chain_smoke(data, tmp_path):
