@@ -16,20 +16,9 @@ answers landing on one turn are joined with a space, the later-ending one first;
 import json
 import math
 import os
-from dataclasses import dataclass
-
-from .dialogue import NO_REPLY
+from .dialogue import NO_REPLY, Turn
 
 EPS = 1e-6
-
-
-@dataclass
-class TurnSpec:
-    time: float                         # video time of this turn's last frame
-    frame_indices: list                 # 1-based frame numbers shown in this turn
-    user_text: str | None               # the question asked at this turn, after the frames
-    reply: str                          # gold reply, or "NO REPLY"
-    answer_index: int | None            # index into record["answers"] of the reply (the first if two)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +179,7 @@ def _unique(path, records, key):
 # Turns
 
 def build_turns(record, frames_per_turn=2, frame_interval=None):
-    """Lay a dialogue record out as turns (see the module docstring). Returns a list of TurnSpec."""
+    """Lay a dialogue record out as turns (see the module docstring). Returns a list of dialogue.Turn."""
     interval = frame_interval or record.get("frame_interval", 1.0)
     if not frames_per_turn >= 1 or not 0 < interval < math.inf:
         raise ValueError(f"frames_per_turn={frames_per_turn} must be at least 1 and frame_interval={interval} a "
@@ -199,7 +188,7 @@ def build_turns(record, frames_per_turn=2, frame_interval=None):
     turns = []
     for first in range(1, n_frames + 1, frames_per_turn):
         idx = list(range(first, min(first + frames_per_turn, n_frames + 1)))
-        turns.append(TurnSpec(idx[-1] * interval, idx, None, NO_REPLY, None))
+        turns.append(Turn(idx[-1] * interval, idx))
 
     def first_turn_at_or_after(t):
         return next((k for k, turn in enumerate(turns) if turn.time >= t - EPS), None)

@@ -31,10 +31,12 @@ NO_REPLY = "NO REPLY"  # silence is text, trained like any reply
 
 @dataclass
 class Turn:
-    time: float                  # video time at the end of this turn's last frame (s); not rendered
-    n_frames: int                # frames this user turn carries (1 or 2 in the paper)
-    user_text: str | None = None  # what the user says at this moment (a question), after the frames
-    reply: str = NO_REPLY        # the assistant's answer to this turn
+    """One user turn and the assistant's answer to it (data.build_turns lays a dialogue record out as these)."""
+    time: float                       # video time of this turn's last frame (s); not rendered
+    frame_indices: list               # 1-based numbers of the frames this turn shows (1 or 2 in the paper)
+    user_text: str | None = None      # what the user says at this moment (a question), after the frames
+    reply: str = NO_REPLY             # the assistant's answer to this turn: the gold reply or "NO REPLY"
+    answer_index: int | None = None   # index into record["answers"] of the gold reply (the first if two)
 
 
 def user_chunk_text(first, n_frames, tokens_per_frame, text=None, system_prompt=SYSTEM_PROMPT):
@@ -63,7 +65,7 @@ def render_dialogue(tok, turns, tokens_per_frame, system_prompt=SYSTEM_PROMPT):
         raise ValueError("render_dialogue got no turns: a dialogue needs at least one user turn.")
     ids, mask = [], []
     for k, turn in enumerate(turns):
-        prompt = user_chunk_ids(tok, k == 0, turn.n_frames, tokens_per_frame, turn.user_text, system_prompt)
+        prompt = user_chunk_ids(tok, k == 0, len(turn.frame_indices), tokens_per_frame, turn.user_text, system_prompt)
         answer = reply_ids(tok, turn.reply)
         ids += prompt + answer
         mask += [False] * len(prompt) + [True] * len(answer)
@@ -74,7 +76,7 @@ def to_messages(turns, system_prompt=SYSTEM_PROMPT):
     """The same dialogue as chat messages for `tokenizer.apply_chat_template` (one image item per frame)."""
     messages = [{"role": "system", "content": system_prompt}]
     for turn in turns:
-        content = [{"type": "image"}] * turn.n_frames + ([{"type": "text", "text": turn.user_text}]
+        content = [{"type": "image"}] * len(turn.frame_indices) + ([{"type": "text", "text": turn.user_text}]
                                                          if turn.user_text else [])
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": turn.reply}]
     return messages

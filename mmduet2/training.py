@@ -12,7 +12,7 @@ import os
 import random
 import re
 from contextlib import nullcontext
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import EPS, build_turns, load_dialogues
-from .dialogue import SYSTEM_PROMPT, Turn, render_dialogue
+from .dialogue import SYSTEM_PROMPT, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
 from .toy import caption_turns
@@ -83,15 +83,13 @@ class Split:
         toy.caption_turns). A question is asked on every turn, so it is plain multi-turn QA and never the
         streaming layout, where answering every turn would teach repeating oneself. The paper mixes such data
         into SFT; the toy's base model is trained on it alone (train_sft.py)."""
-        frames, specs = self.frames(i), self.turns(i)
-        used = [frames[k - 1] for s in specs for k in s.frame_indices]
+        frames, turns = self.frames(i), self.turns(i)
+        used = [frames[k - 1] for t in turns for k in t.frame_indices]
         pixel_values, grid = self.pixels(used)
         tokens_per_frame = int(grid[0].prod()) // merge_size ** 2
         if caption:
-            qa = caption_turns(self.records[i], [s.time for s in specs])
-            turns = [Turn(s.time, len(s.frame_indices), q, a) for s, (q, a) in zip(specs, qa)]
-        else:
-            turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
+            qa = caption_turns(self.records[i], [t.time for t in turns])
+            turns = [replace(t, user_text=q, reply=a) for t, (q, a) in zip(turns, qa)]
         ids, mask = render_dialogue(tok, turns, tokens_per_frame,
                                     system_prompt=DEFAULT_SYSTEM_PROMPT if caption else SYSTEM_PROMPT)
         return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}

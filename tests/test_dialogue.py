@@ -9,7 +9,8 @@ from mmduet2.tokenizer import apply_chat_template, expand_vision_pads, train_toy
 
 QUESTION = "Tell me every time a red shape appears."
 TPF = 3  # visual tokens per frame, small so the strings stay readable
-TURNS = [Turn(2.0, 2, QUESTION, NO_REPLY), Turn(4.0, 2, None, "A red circle appeared."), Turn(6.0, 2, None, NO_REPLY)]
+TURNS = [Turn(2.0, [1, 2], QUESTION, NO_REPLY), Turn(4.0, [3, 4], None, "A red circle appeared."),
+         Turn(6.0, [5, 6], None, NO_REPLY)]
 FRAME = "<|vision_start|>" + "<|image_pad|>" * TPF + "<|vision_end|>"
 EXPECTED = ("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
             "<|im_start|>user\n" + FRAME + FRAME + QUESTION + "<|im_end|>\n"
@@ -83,14 +84,14 @@ def test_loss_mask_is_exactly_the_replies(tok):
                                      ["123 shapes, all red!", "'s fine (yes)", " leading space"],
                                      ["Nothing yet.", "\u00e9t\u00e9 中文 😀", "a\nb"]])
 def test_chunks_concatenate_to_the_whole_rendering(tok, replies):
-    turns = [Turn(2.0 * (k + 1), 2 - k % 2, QUESTION if k == 0 else ("Subtitle: hi" if k == 2 else None), r)
-             for k, r in enumerate(replies)] + [Turn(8.0, 0, "Any more?", NO_REPLY)]  # a text-only turn too
+    turns = [Turn(2.0 * (k + 1), [1, 2][:2 - k % 2], QUESTION if k == 0 else ("Subtitle: hi" if k == 2 else None), r)
+             for k, r in enumerate(replies)] + [Turn(8.0, [], "Any more?", NO_REPLY)]  # a text-only turn too
     ids, mask = render_dialogue(tok, turns, TPF)
     chunks = []
     for k, t in enumerate(turns):
-        chunks += user_chunk_ids(tok, k == 0, t.n_frames, TPF, t.user_text) + reply_ids(tok, t.reply)
+        chunks += user_chunk_ids(tok, k == 0, len(t.frame_indices), TPF, t.user_text) + reply_ids(tok, t.reply)
     assert chunks == ids.tolist()
-    whole = "".join(user_chunk_text(k == 0, t.n_frames, TPF, t.user_text) + t.reply + "<|im_end|>"
+    whole = "".join(user_chunk_text(k == 0, len(t.frame_indices), TPF, t.user_text) + t.reply + "<|im_end|>"
                     for k, t in enumerate(turns))
     assert tok.encode(whole) == ids.tolist()  # chunk boundaries never change the tokenization
     assert mask.tolist() == expected_mask(tok, ids.tolist())

@@ -107,11 +107,11 @@ def test_proactive_dialogue_matches_transformers_chat_template(built, tok):
     transformers = pytest.importorskip("transformers")
     hf = transformers.PreTrainedTokenizerFast(tokenizer_file=built, chat_template=QWEN25_VL_TEMPLATE)
     tokens_per_frame = 3
-    turns = [Turn(2.0, 2, "Tell me every time a red shape appears.", NO_REPLY),
-             Turn(4.0, 2, None, "A red circle appeared."),
-             Turn(6.0, 2, "And now?\nWhat is on the left?", " 左边有一个蓝色的方块 🟦"),
-             Turn(8.0, 2, None, NO_REPLY),
-             Turn(9.0, 1, None, "It's gone.\n\nNothing else.")]
+    turns = [Turn(2.0, [1, 2], "Tell me every time a red shape appears.", NO_REPLY),
+             Turn(4.0, [3, 4], None, "A red circle appeared."),
+             Turn(6.0, [5, 6], "And now?\nWhat is on the left?", " 左边有一个蓝色的方块 🟦"),
+             Turn(8.0, [7, 8], None, NO_REPLY),
+             Turn(9.0, [9], None, "It's gone.\n\nNothing else.")]
     ids, mask = render_dialogue(tok, turns, tokens_per_frame)
     text = hf.apply_chat_template(to_messages(turns), tokenize=False)
     text = text.replace("<|image_pad|>", "<|image_pad|>" * tokens_per_frame)  # the processor's pad expansion

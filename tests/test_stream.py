@@ -78,7 +78,8 @@ def test_forced_stream_is_the_rendered_dialogue(setup):
         s.step(frames[2 * k:2 * k + 2], QUESTION if k == 0 else None, reply=replies[k])
     row = s.rows[0]
     tpf = int(s.grids[0][0][0].prod()) // 4  # row 0, first turn, first frame
-    turns = [Turn(2.0 * (k + 1), 2, QUESTION if k == 0 else None, r) for k, r in enumerate(replies)]
+    turns = [Turn(2.0 * (k + 1), [2 * k + 1, 2 * k + 2], QUESTION if k == 0 else None, r)
+             for k, r in enumerate(replies)]
     ids, mask = render_dialogue(tok, turns, tpf)
     assert row.ids == ids.tolist()
     assert not any(row.sampled) and mask.sum() > 0
