@@ -56,9 +56,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    toy = args.gold == "data/toy/test_proactive.json"
-    if toy and not os.path.exists(args.gold):
-        sys.exit("data/toy is missing: run `python train_sft.py` first (it generates the toy data).")
     try:
         records = load_proactive_records(args.gold)[:args.limit or None]
     except (OSError, ValueError) as e:

@@ -132,6 +132,9 @@ def test_eval_refuses_bad_input_with_one_sentence(tmp_path):
     gold.write_text(json.dumps(recs))
     run = eval_py("--judge", "rule", "--frame-interval", "0")
     assert run.returncode != 0 and "frame_interval" in run.stderr and "Traceback" not in run.stderr
+    gold.unlink()
+    run = eval_py()
+    assert run.returncode != 0 and "gold.json does not exist" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_reply_delays_by_hand():
