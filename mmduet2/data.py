@@ -16,7 +16,7 @@ answers landing on one turn are joined with a space, the later-ending one first;
 import json
 import math
 import os
-from .dialogue import NO_REPLY, Turn
+from .dialogue import Turn
 
 EPS = 1e-6
 

@@ -70,13 +70,3 @@ def render_dialogue(tok, turns, tokens_per_frame, system_prompt=SYSTEM_PROMPT):
         ids += prompt + answer
         mask += [False] * len(prompt) + [True] * len(answer)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool)
-
-
-def to_messages(turns, system_prompt=SYSTEM_PROMPT):
-    """The same dialogue as chat messages for `tokenizer.apply_chat_template` (one image item per frame)."""
-    messages = [{"role": "system", "content": system_prompt}]
-    for turn in turns:
-        content = [{"type": "image"}] * len(turn.frame_indices) + ([{"type": "text", "text": turn.user_text}]
-                                                         if turn.user_text else [])
-        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": turn.reply}]
-    return messages

@@ -70,8 +70,3 @@ def merge_lora(model):
         linear.bias = lora.bias
         setattr(parent, attr, linear)
     return model
-
-
-def lora_parameters(model):
-    """The trainable LoRA parameters (every lora_A and lora_B) of `model`."""
-    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]

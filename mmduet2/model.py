@@ -178,16 +178,16 @@ class KVCache:
     """Per-layer keys and values (B, Hkv, capacity, D), pre-allocated and written by index.
 
     `length` slots are in use, shared by all rows. Per row and slot it keeps whether the slot is real (a padded
-    slot, or the pad a finished row feeds while others decode, is invisible to every later query) and the
-    largest M-RoPE id written there, so `next_pos` (B,) is known after any `truncate`. Capacity doubles when
-    full (amortised O(1) per token); a decode step builds an O(length) mask and copies nothing else."""
+    slot, or the pad a finished row feeds while others decode, is invisible to every later query), and per row
+    the next M-RoPE id `next_pos` (B,), which rows that watch different videos or sat turns out advance apart.
+    Capacity doubles when full (amortised O(1) per token); a decode step builds an O(length) mask and copies
+    nothing else."""
 
     def __init__(self, n_layers, batch_size, n_kv_heads, head_dim, capacity=256, dtype=torch.float32, device="cpu"):
         shape = (batch_size, n_kv_heads, capacity, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
-        self.pos = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)  # -1: no id
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's next M-RoPE id
         self.length = 0
 
@@ -209,7 +209,6 @@ class KVCache:
         self.k = [F.pad(x, (0, 0, 0, extra)) for x in self.k]
         self.v = [F.pad(x, (0, 0, 0, extra)) for x in self.v]
         self.valid = F.pad(self.valid, (0, extra), value=False)
-        self.pos = F.pad(self.pos, (0, extra), value=-1)
 
     def append(self, valid, pos):
         """Claim slots for a chunk: valid (B, T) bool, pos (3, B, T). Returns (start slot, attention mask)."""
@@ -219,9 +218,8 @@ class KVCache:
                              "new_cache(batch_size) or cache.expand(n).")
         start = self.length
         self._grow(start + t)
-        top = pos.amax(0).masked_fill(~valid, -1)  # (B, T)
+        top = pos.amax(0).masked_fill(~valid, -1)  # (B, T): each slot's largest M-RoPE id, -1 on pads
         self.valid[:, start:start + t] = valid
-        self.pos[:, start:start + t] = top
         self.next_pos = torch.maximum(self.next_pos, top.amax(1) + 1)
         self.length = start + t
         seen = self.valid[:, :self.length]
@@ -236,27 +234,17 @@ class KVCache:
         self.v[layer][:, :, start:start + t] = v
         return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
 
-    def truncate(self, length):
-        """Forget every slot from `length` on (e.g. to re-play a turn); next_pos follows."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}.")
-        self.length = length
-        self.valid[:, length:] = False
-        self.pos[:, length:] = -1
-        self.next_pos = self.pos[:, :length].amax(1) + 1 if length else torch.zeros_like(self.next_pos)
-
     @classmethod
     def concat(cls, caches):
         """Stack caches row-wise (several RL groups into one batch). Each row keeps its slots and positions; a
         cache shorter than the longest is padded with invalid slots, so all rows go on from one shared length."""
         cap = max(c.capacity for c in caches)
         slots = lambda x: F.pad(x, (0, 0, 0, cap - x.shape[2]))                    # (B, H, S, D) keys / values
-        flags = lambda x, value: F.pad(x, (0, cap - x.shape[1]), value=value)   # (B, S) validity / positions
+        flags = lambda x: F.pad(x, (0, cap - x.shape[1]), value=False)          # (B, S) validity
         out = cls.__new__(cls)
         out.k = [torch.cat([slots(c.k[i]) for c in caches]) for i in range(len(caches[0].k))]
         out.v = [torch.cat([slots(c.v[i]) for c in caches]) for i in range(len(caches[0].v))]
-        out.valid = torch.cat([flags(c.valid, False) for c in caches])
-        out.pos = torch.cat([flags(c.pos, -1) for c in caches])
+        out.valid = torch.cat([flags(c.valid) for c in caches])
         out.next_pos = torch.cat([c.next_pos for c in caches])
         out.length = max(c.length for c in caches)
         return out
@@ -265,7 +253,7 @@ class KVCache:
         """Each row becomes n identical rows (rows r*n .. r*n+n-1 copy row r): one RL group from a shared prefix."""
         rep = lambda x: x.repeat_interleave(n, dim=0)
         self.k, self.v = [rep(x) for x in self.k], [rep(x) for x in self.v]
-        self.valid, self.pos, self.next_pos = rep(self.valid), rep(self.pos), rep(self.next_pos)
+        self.valid, self.next_pos = rep(self.valid), rep(self.next_pos)
 
 
 # ----------------------------------------------------------------------------------------------------------- model

@@ -88,21 +88,3 @@ def process_images(images, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS):
         rows.append(r)
         grids.append(g)
     return torch.cat(rows), torch.tensor(grids, dtype=torch.long)
-
-
-def process_video(frames, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS):
-    """Frames of one video (same size) -> (pixel_values_videos float32 (N, 1176), video_grid_thw long (1, 3)).
-    Consecutive frame pairs share a temporal patch; an odd count is padded by repeating the last frame."""
-    if len(frames) == 0:
-        raise ValueError("process_video got no frames: pass a list with at least one frame.")
-    frames = [_to_pil(f, i) for i, f in enumerate(frames)]
-    sizes = {f.size for f in frames}
-    if len(sizes) > 1:
-        raise ValueError(f"process_video got frames of different sizes {sorted(sizes)} (width, height): "
-                         "resize them to one size first.")
-    size = smart_resize(frames[0].height, frames[0].width, FACTOR, min_pixels, max_pixels)
-    x = torch.stack([_normalised(f, size) for f in frames])  # (T, 3, h, w)
-    if len(frames) % TEMPORAL:
-        x = torch.cat([x, x[-1:].expand(TEMPORAL - len(frames) % TEMPORAL, -1, -1, -1)])
-    rows, grid = _patchify(x)
-    return rows, torch.tensor([grid], dtype=torch.long)

@@ -1,11 +1,11 @@
-"""Qwen2.5-VL text side: a thin wrapper over a `tokenizers` tokenizer.json, a toy tokenizer trainer, and the
-chat template (docs/method.md section 2, "Tokenizer").
+"""Qwen2.5-VL text side: a thin wrapper over a `tokenizers` tokenizer.json and a toy tokenizer trainer
+(docs/method.md section 2, "Tokenizer").
 
 `Tokenizer` loads the tokenizer.json of a Qwen2.5-VL checkpoint (or one written by `train_toy_tokenizer`) and
 looks every special-token id up by name, so ids never drift between files. `train_toy_tokenizer` builds the
 same pipeline as Qwen2's tokenizer (NFC, Qwen2's split regex, byte-level BPE, special tokens appended after
-the learned vocabulary) with a tiny vocabulary for toy models. `apply_chat_template` renders exactly the text
-of Qwen2.5-VL's Jinja chat template in plain Python (no Jinja at run time; a test checks the two agree).
+the learned vocabulary) with a tiny vocabulary for toy models. The chat template itself is only needed by the
+tests (tests/chat_template.py), which check that dialogue.py's chunks render the same text.
 """
 import os
 
@@ -103,43 +103,3 @@ def train_toy_tokenizer(texts, vocab_size=512) -> Tokenizer:
     # Appended after training so, as in Qwen, the special ids follow the learned vocabulary.
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS.values()])
     return Tokenizer(tk, source="toy tokenizer")
-
-
-def _render_content(content):
-    if isinstance(content, str):
-        return content
-    out = []
-    for item in content:  # same precedence as the Jinja template: image, then video, then text
-        if item.get("type") == "image" or "image" in item or "image_url" in item:
-            out.append(VISION_START + IMAGE_PAD + VISION_END)
-        elif item.get("type") == "video" or "video" in item:
-            out.append(VISION_START + VIDEO_PAD + VISION_END)
-        elif "text" in item:
-            out.append(item["text"])
-    return "".join(out)
-
-
-def apply_chat_template(messages, add_generation_prompt=False) -> str:
-    """Qwen2.5-VL's chat template: "<|im_start|>{role}\\n{content}<|im_end|>\\n" per message, a default system
-    message when the first message is not one, and "<|im_start|>assistant\\n" to prompt a reply. Each image or
-    video item becomes one pad between vision markers; `expand_vision_pads` widens it to its token count."""
-    out = []
-    for i, m in enumerate(messages):
-        if i == 0 and m["role"] != "system":
-            out.append(f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n")
-        out.append(f"{IM_START}{m['role']}\n{_render_content(m['content'])}{IM_END}\n")
-    if add_generation_prompt:
-        out.append(f"{IM_START}assistant\n")
-    return "".join(out)
-
-
-def expand_vision_pads(text, image_token_counts=(), video_token_counts=()):
-    """Replace the k-th <|image_pad|> (<|video_pad|>) with image_token_counts[k] (video_token_counts[k]) pads,
-    as Qwen's processor does with grid_thw.prod() // merge_size**2 tokens per picture."""
-    for pad, counts in ((IMAGE_PAD, image_token_counts), (VIDEO_PAD, video_token_counts)):
-        parts = text.split(pad)
-        if len(parts) - 1 != len(counts):
-            raise ValueError(f"the text has {len(parts) - 1} {pad} placeholders but {len(counts)} token counts were "
-                             "given: pass one count per image/video, in order.")
-        text = parts[0] + "".join(pad * int(n) + part for n, part in zip(counts, parts[1:]))
-    return text

@@ -3,9 +3,9 @@ mask against positions found independently, and chunk-by-chunk ids against the w
 import pytest
 import torch
 
-from mmduet2.dialogue import (NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue, reply_ids, to_messages, user_chunk_ids,
-                              user_chunk_text)
-from mmduet2.tokenizer import apply_chat_template, expand_vision_pads, train_toy_tokenizer
+from chat_template import apply_chat_template, expand_vision_pads, to_messages
+from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue, reply_ids, user_chunk_ids, user_chunk_text
+from mmduet2.tokenizer import train_toy_tokenizer
 
 QUESTION = "Tell me every time a red shape appears."
 TPF = 3  # visual tokens per frame, small so the strings stay readable

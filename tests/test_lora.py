@@ -2,7 +2,12 @@
 import torch
 import torch.nn as nn
 
-from mmduet2.lora import LoRALinear, apply_lora, lora_parameters, merge_lora
+from mmduet2.lora import LoRALinear, apply_lora, merge_lora
+
+
+def lora_parameters(model):
+    """The trainable LoRA parameters (every lora_A and lora_B) of `model`."""
+    return [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]
 
 
 class Block(nn.Module):

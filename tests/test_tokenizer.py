@@ -7,8 +7,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from mmduet2.tokenizer import (SPECIAL_TOKENS, Tokenizer, apply_chat_template, expand_vision_pads, qwen_pipeline,
-                               train_toy_tokenizer)
+from chat_template import apply_chat_template, expand_vision_pads
+from mmduet2.tokenizer import SPECIAL_TOKENS, Tokenizer, qwen_pipeline, train_toy_tokenizer
 
 # chat_template of Qwen/Qwen2.5-VL-3B-Instruct (chat_template.json), verbatim.
 QWEN25_VL_TEMPLATE = (
