@@ -70,12 +70,12 @@ class RuleJudge:
     With precision=True (the RL reward, which judges each reply alone: docs/method.md section 3.3) the same scoring
     the other way round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the
     right one cost what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all
-    ("A red circle appeared. A red square appeared." is partly right; an RL policy found that hedge). The benchmark
+    ("A red circle appeared. A red square appeared." is partly right). The benchmark
     judges the accumulated replies of a span (docs/method.md section 4), where an overlapping span's right answer
     looks like such an extra object, so it keeps precision off. A reply object that contradicts what the question
     asks about (a blue one for "every time a red shape appears") is ignored and earns nothing: partial credit is for
-    the attribute the question did not ask, so a policy cannot farm it by naming any object at all (an RL policy
-    found that too).
+    the attribute the question did not ask, so a policy cannot farm it by naming any object at all. (RL found both
+    holes: docs/experiments.md, "Judge and reward holes".)
     A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
     Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
     appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,

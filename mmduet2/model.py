@@ -125,6 +125,7 @@ def get_rope_index(config, input_ids, image_grid_thw=None, video_grid_thw=None, 
     merge, tps = config.vision.spatial_merge_size, config.vision.tokens_per_second
     grids = {img: [] if image_grid_thw is None else image_grid_thw.tolist(),
              vid: [] if video_grid_thw is None else video_grid_thw.tolist()}
+    # A pad count that does not match the grids would shift every later position silently: refuse it up front.
     for tok, name in ((img, "image"), (vid, "video")):
         have = int(((input_ids == tok) & valid).sum())
         need = sum(gt * gh * gw for gt, gh, gw in grids[tok]) // merge ** 2
@@ -137,10 +138,11 @@ def get_rope_index(config, input_ids, image_grid_thw=None, video_grid_thw=None, 
     secs = [1.0] * len(grids[vid]) if second_per_grid_ts is None else torch.as_tensor(second_per_grid_ts).tolist()
     if len(secs) != len(grids[vid]):
         raise ValueError(f"second_per_grid_ts has {len(secs)} entries for {len(grids[vid])} videos; give one per video.")
-    used = {img: 0, vid: 0}
+    used = {img: 0, vid: 0}  # grids are taken in order across rows, as the processor lists a batch's pictures
     pos = torch.zeros(3, b, t, dtype=torch.long)
     next_pos = []
     for row in range(b):
+        # Ids are counted over the row's real tokens only, so a padded row gets the ids it would get alone.
         cols = valid[row].nonzero()[:, 0].cpu()
         ids = input_ids[row, cols].tolist()
         vis_at = [i for i, x in enumerate(ids) if x in (img, vid)]
@@ -163,10 +165,11 @@ def get_rope_index(config, input_ids, image_grid_thw=None, video_grid_thw=None, 
                 tt = (torch.arange(gt).float() * torch.tensor(secs[used[tok]], dtype=torch.float32) * tps).long()
             else:
                 tt = torch.zeros(gt, dtype=torch.long)
+            # (3, n): the (time, row, column) of every merged token in (t, h, w) order, all from the block's start
             block = torch.stack([tt.repeat_interleave(gh * gw), torch.arange(gh).repeat_interleave(gw).repeat(gt),
-                                 torch.arange(gw).repeat(gt * gh)]) + cur  # (3, n)
+                                 torch.arange(gw).repeat(gt * gh)]) + cur
             out.append(block)
-            cur, i, used[tok] = int(block.max()) + 1, i + n, used[tok] + 1
+            cur, i, used[tok] = int(block.max()) + 1, i + n, used[tok] + 1  # text goes on past the largest id
         if out:
             pos[:, row, cols] = torch.cat(out, 1)
         next_pos.append(cur)

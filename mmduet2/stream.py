@@ -185,6 +185,8 @@ class Streamer:
             row.ids += chunk
             row.sampled += [False] * len(chunk)
             row.logprobs += [0.0] * len(chunk)
+            # What reaches the cache now: the previous reply's closing token(s) (held back, module docstring), this
+            # chunk, and a forced reply but its <|im_end|>, which is held back in turn like a sampled reply's.
             forced = reply_ids(self.tok, replies[i]) if replies[i] is not None else []
             seqs.append(self.pending[i] + chunk + forced[:-1])
             self.pending[i] = []
@@ -195,6 +197,7 @@ class Streamer:
         mask = None if bool(mask.all()) else mask
         # Rows are left-padded, so the last position is every row's last real token: only its logits are needed.
         logits = self._forward(ids, torch.cat(pixels), torch.cat(grids), mask)[:, -1]
+        # Only rows that play this turn and have no forced reply sample; the others' logits go unused.
         sample = torch.tensor([frames[i] is not None and replies[i] is None for i in range(b)])
         answers = self._generate(logits, sample) if sample.any() else [None] * b
         for i, row in enumerate(self.rows):

@@ -16,8 +16,7 @@ the next one (70 %). SFT data places each reply on the last turn of its span (th
 learns to answer one turn late and to stay silent while the object is still on screen once it has answered; only
 the reply already given tells it so, since the end is invisible. A late answer costs real PAUC (gold answers on
 every span's last turn score about 16 points below the same answers on its first turn), and that is the timing RL
-can learn. Two earlier designs failed: ends drawn anywhere from 2 s after the appearance to the vanishing, or 4-10
-s after it, left no turn where a reply was likely enough, and the greedy SFT model went (nearly) mute.
+can learn (docs/experiments.md has the span-end designs that left the greedy SFT model mute).
 
 Half the dialogues are 1QnA (one question at 0), half nQnA (2-3 questions): a question asked mid-video comes on a
 turn boundary (a multiple of TURN = 4 s, the toy's turn of 2 frames at 2 s, so its immediate span [q, q + 1]
