@@ -2,9 +2,11 @@
 
 A checkpoint directory is the hub layout (config.json + model.safetensors) plus tokenizer.json, so eval.py, the
 demo and the reference implementation read it as it is; `trainer_state.pt` (optimizer, step, RNG states, the
-script's extra state) and `train_config.json` sit beside it for `--resume`. Every file and folder this project
-writes goes through `atomic_path`: it is written whole under a temporary name and renamed into place, so a crash
-mid-save never leaves half a file, nor destroys the previous checkpoint.
+script's extra state) and `train_config.json` sit beside it for `--resume`.
+
+`atomic_path` writes a file or a folder whole under a temporary name and renames it into place, so a crash mid-save
+never leaves half of one, nor destroys the previous version. Checkpoints, the toy data set, videos, plots, metrics
+and provenance files are written through it; logs, predictions and the judge cache are appended line by line.
 """
 import json
 import os
