@@ -109,6 +109,7 @@ class Judges:
 
 
 def make_judges(cfg):
+    """The rule judges (the toy's; no server), or the LLM judge at --judge-url, checked before the first rollout."""
     if cfg.judge != "llm":
         return Judges(RuleJudge(max_score=cfg.reward.max_score, precision=True), rule_repetition_judge,
                       RuleJudge(max_score=2))
