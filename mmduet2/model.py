@@ -292,6 +292,19 @@ class MMDuet2(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @classmethod
+    def random(cls, config, dtype=torch.float32, device="cpu"):
+        """Random weights made directly in `dtype` on `device`: the model is built on the meta device (no memory,
+        no init), given empty storage, then initialised once by init_weights, so a 3B model in bf16 never exists
+        in float32 nor pays nn.Linear's own init first (benchmarks, tests at real widths)."""
+        with torch.device("meta"):
+            model = cls(config).to(dtype)
+        model.to_empty(device=device)
+        init_weights(model)
+        if config.tie_word_embeddings:  # to_empty gives the tied pair two storages
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model
+
     @property
     def dtype(self):
         return self.lm_head.weight.dtype

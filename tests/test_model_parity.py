@@ -40,7 +40,7 @@ def reference(tie=True, window=56, tps=2, seed=0):
 
 def run_reference(model, ids, mask=None, **vision):
     types = torch.zeros_like(ids)
-    types[ids == IMG], types[ids == VID] = 1, 2
+    types[ids == model.config.image_token_id], types[ids == model.config.video_token_id] = 1, 2
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, **vision).logits
 
