@@ -258,7 +258,8 @@ def main():
     def validate():
         """Greedy streams of the val questions: benchmark metrics, plus the RL reward of each whole stream."""
         model.eval()
-        preds, failed = predict_records(model, tok, val_records, video_root, eval_cfg, log=None, batch_size=40)
+        with autocast(device):
+            preds, failed = predict_records(model, tok, val_records, video_root, eval_cfg, log=None, batch_size=40)
         if failed:
             sys.exit(f"{len(failed)} val videos could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
         m, rewards = score(val_records, preds, bench_judge), []
@@ -306,8 +307,9 @@ def main():
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
-        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn,
-                           penalty_fn if cfg.turn_credit else None)
+        with autocast(device):  # bf16 on a GPU, as the update; the update recomputes every log-prob it uses
+            episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, reward_fn,
+                               penalty_fn if cfg.turn_credit else None)
         t_roll = time.time() - ts
         # rewards -> advantages
         rewards = torch.tensor([ep.reward for ep in episodes])

@@ -107,7 +107,8 @@ class Streamer:
         self.pixel_values, self.grids = [[]], [[]]  # per row, every frame fed so far (if cfg.keep_pixels)
         self.warned_positions = False
         self.seed = seed
-        self.generators = None if seed is None else [torch.Generator().manual_seed(seed)]
+        # one sampler per row, on the model's device (torch.multinomial refuses a CPU generator for CUDA logits)
+        self.generators = None if seed is None else [torch.Generator(self.device).manual_seed(seed)]
 
     @property
     def time(self):
@@ -128,7 +129,7 @@ class Streamer:
         self.pixel_values = [list(self.pixel_values[0]) for _ in range(n)]
         self.grids = [list(self.grids[0]) for _ in range(n)]
         if self.seed is not None:
-            self.generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
+            self.generators = [torch.Generator(self.device).manual_seed(self.seed + i) for i in range(n)]
 
     @classmethod
     def concat(cls, streamers):
@@ -228,9 +229,10 @@ class Streamer:
         active = active.clone()
         for n in range(cfg.max_new_tokens):
             tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active, self.banned)
+            token_list, logp_list = tokens.tolist(), logp.tolist()  # one copy to the host per step, not one per row
             for i in active.nonzero()[:, 0].tolist():
-                out[i].append(int(tokens[i]))
-                lps[i].append(float(logp[i]))
+                out[i].append(token_list[i])
+                lps[i].append(logp_list[i])
             active &= tokens.cpu() != end
             if not active.any() or n == cfg.max_new_tokens - 1:
                 break
@@ -250,10 +252,13 @@ class Streamer:
         return replies
 
 
-def load_checkpoint(path, dtype=torch.float32, device="cpu"):
-    """A checkpoint directory: the hub layout (config.json + safetensors) plus tokenizer.json."""
+def load_checkpoint(path, dtype=None, device="cpu"):
+    """A checkpoint directory: the hub layout (config.json + safetensors) plus tokenizer.json. The weights are
+    float32 on the CPU and, unless `dtype` says otherwise, bf16 on a GPU (as released checkpoints are stored)."""
     from .model import MMDuet2
     from .tokenizer import Tokenizer
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = MMDuet2.from_pretrained(path, dtype=dtype).to(device).eval()
     tok = Tokenizer.from_dir(path)
     check_token_ids(model.config, tok)

@@ -255,8 +255,8 @@ def seed_everything(seed):
 
 def rng_state():
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: a resume may see a different number of GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -265,7 +265,7 @@ def set_rng_state(state):
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
@@ -309,7 +309,9 @@ def load_trainer_state(ckpt_dir, optimizer):
     path = os.path.join(ckpt_dir, "trainer_state.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: --resume needs a checkpoint written by this script.")
-    state = torch.load(path, weights_only=False)
+    # On the CPU first: a GPU-saved state would otherwise land on the GPU it was saved from (cuda:0 for every
+    # torchrun process); load_state_dict moves the optimizer's state to its parameters' device.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]
