@@ -88,12 +88,12 @@ def stream_ours(model, tok, frames, device):
 
 
 @torch.no_grad()
-def stream_transformers(hf, cfg, tok, frames, device, vocab_size):
+def stream_transformers(hf, cfg, tok, frames, device):
     """The same turns through transformers' model and cache: the chunk with the previous reply's last token(s) in
     front, as the Streamer feeds it, then greedy decoding of up to MAX_NEW tokens with the same banned ids."""
     from transformers import DynamicCache
     cache_arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"  # 5.x / 4.x
-    banned = unsayable_ids(tok, vocab_size).to(device)
+    banned = unsayable_ids(tok, cfg.text.vocab_size).to(device)
     end = tok.im_end_id
 
     def run(frames):
@@ -216,7 +216,7 @@ def main(argv=None):
             start_row(device)
             hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, attn_implementation="sdpa")
         hf = hf.to(device, torch.bfloat16).eval()
-        row, hf_decoded = stream_transformers(hf, cfg, tok, frames, device, cfg.text.vocab_size)
+        row, hf_decoded = stream_transformers(hf, cfg, tok, frames, device)
         row["same_tokens_turns"] = sum(a == b for a, b in zip(ours_decoded, hf_decoded))
         rows.append(row)
         del hf

@@ -6,7 +6,8 @@ test_model_parity.py covers the logic on tiny configs; this covers what only the
 `qwen2.5-vl-3b` preset with fewer layers; mmduet2 makes random weights and saves them, transformers loads them.
 float32; one image larger than a window (6x10 merged tokens: partial windows at two edges) and a video with
 second_per_grid_ts 1.5, compared as one forward and streamed through mmduet2's KV cache (two chunks, then three
-decoded tokens). 2.2 GB of weights per model, two models at the peak; about 20 s on one CPU core.
+decoded tokens). 2.2 GB of weights per model, two at the peak (5.2 GB resident); 26 s on one core of the
+project's 2-core CPU, niced beside a training run.
 """
 import pytest
 import torch
