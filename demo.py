@@ -15,6 +15,7 @@ from mmduet2.checkpoint import load_checkpoint
 from mmduet2.data import load_proactive_records
 from mmduet2.plot import draw_timeline
 from mmduet2.stream import StreamConfig, Streamer, random_toy_model
+from mmduet2.training import pick_device
 from mmduet2.video import iter_frames
 
 
@@ -31,12 +32,15 @@ def main(argv=None):
     p.add_argument("--annotation", help="ProactiveVideoQA JSON whose gold spans are drawn on the timeline")
     p.add_argument("--question-id", help="which record of --annotation (default: the first)")
     p.add_argument("--timeline", default="timeline.png", help="where to write the timeline PNG")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (a checkpoint runs in bf16 on a GPU)")
     args = p.parse_args(argv)
 
+    device = pick_device(args.device)
     if args.checkpoint:
-        model, tok = load_checkpoint(args.checkpoint)
+        model, tok = load_checkpoint(args.checkpoint, device=device)
     else:
         model, tok = random_toy_model(args.question)
+        model.to(device)
         print("No --checkpoint given: the weights are RANDOM, so the replies below are noise.", file=sys.stderr)
     frames = iter_frames(args.video, args.frame_interval, fps=args.fps)  # decoded as the stream reaches them
     cfg = StreamConfig(frames_per_turn=args.frames_per_turn, frame_interval=args.frame_interval,

@@ -50,7 +50,7 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=16, help="videos streamed side by side (rows of one batch)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     p.add_argument("--timelines", type=int, default=4, help="timeline PNGs to draw")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (a checkpoint runs in bf16 on a GPU)")
     return p.parse_args()
 
 

@@ -193,7 +193,8 @@ def validate(model, tok, records, cfg, judges):
     """Greedy streams of the val questions: benchmark metrics, plus the RL reward of each whole stream."""
     model.eval()
     stream_cfg = StreamConfig(cfg.frames_per_turn, cfg.frame_interval, cfg.max_new_tokens, keep_pixels=False)
-    preds, failed = predict_records(model, tok, records, cfg.data, stream_cfg, log=None, batch_size=40)
+    with autocast(model.device):
+        preds, failed = predict_records(model, tok, records, cfg.data, stream_cfg, log=None, batch_size=40)
     if failed:
         sys.exit(f"{len(failed)} val videos could not be read, e.g. {failed[0][0]}: {failed[0][1]}")
     m, rewards = score(records, preds, judges.bench), []
@@ -315,7 +316,8 @@ def main():
         # rollout
         model.eval()
         prompts = rng.choice(len(train), size=cfg.prompts_per_step, replace=len(train) < cfg.prompts_per_step)
-        episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, judges)
+        with autocast(model.device):  # bf16 on a GPU, as the update; the update recomputes every log-prob it uses
+            episodes = rollout(model, tok, train, [int(i) for i in prompts], rng, cfg, judges)
         t_roll = time.time() - ts
 
         # reward -> advantages

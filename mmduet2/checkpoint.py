@@ -51,8 +51,11 @@ def write_json(path, obj, indent=2):
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 
-def load_checkpoint(path, dtype=torch.float32, device="cpu"):
-    """(model in eval mode, tokenizer) from a checkpoint directory: the hub layout plus tokenizer.json."""
+def load_checkpoint(path, dtype=None, device="cpu"):
+    """(model in eval mode, tokenizer) from a checkpoint directory: the hub layout plus tokenizer.json. The weights
+    are float32 on the CPU and, unless `dtype` says otherwise, bf16 on a GPU (as released checkpoints are stored)."""
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = MMDuet2.from_pretrained(path, dtype=dtype).to(device).eval()
     tok = Tokenizer.from_dir(path)
     check_token_ids(model.config, tok)
@@ -74,8 +77,8 @@ def check_token_ids(config, tok):
 
 def rng_state():
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's GPU only: a resume may see a different number of GPUs
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -84,7 +87,7 @@ def set_rng_state(state):
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
@@ -121,7 +124,9 @@ def load_trainer_state(ckpt_dir, optimizer):
     path = os.path.join(ckpt_dir, "trainer_state.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: --resume needs a checkpoint written by this script.")
-    state = torch.load(path, weights_only=False)
+    # On the CPU first: a GPU-saved state would otherwise land on the GPU it was saved from (cuda:0 for every
+    # torchrun process); load_state_dict moves the optimizer's state to its parameters' device.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]

@@ -17,6 +17,7 @@ max(h, w) / merge, which differs for videos whose temporal ids outgrow the frame
 import bisect
 import json
 import os
+import re
 
 import torch
 import torch.utils.checkpoint
@@ -282,6 +283,19 @@ class MMDuet2(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @classmethod
+    def random(cls, config, dtype=torch.float32, device="cpu"):
+        """Random weights made directly in `dtype` on `device`: the model is built on the meta device (no memory,
+        no init), given empty storage, then initialised once by init_weights, so a 3B model in bf16 never exists
+        in float32 nor pays nn.Linear's own init first (benchmarks, tests at real widths)."""
+        with torch.device("meta"):
+            model = cls(config).to(dtype)
+        model.to_empty(device=device)
+        init_weights(model)
+        if config.tie_word_embeddings:  # to_empty gives the tied pair two storages
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model
+
     @property
     def dtype(self):
         return self.lm_head.weight.dtype
@@ -398,15 +412,45 @@ class MMDuet2(nn.Module):
             model.lm_head.weight = model.model.embed_tokens.weight
         return model
 
-    def save_pretrained(self, path):
-        """Write config.json + model.safetensors in the hub layout; each file appears whole or not at all."""
+    def save_pretrained(self, path, max_shard_size=None):
+        """Write config.json and the weights in the hub layout: model.safetensors, or with `max_shard_size` (bytes)
+        shards model-0000k-of-0000n.safetensors of at most that size each (a larger tensor gets a shard of its own)
+        and the hub's model.safetensors.index.json. Each file appears whole or not at all; weight files of an
+        earlier save into `path` that this one does not rewrite are removed."""
         from safetensors.torch import save_file
 
         from .checkpoint import atomic_path  # imported here: checkpoint.py imports this module
         os.makedirs(path, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self._hub_state().items()}
+        nbytes = {k: v.numel() * v.element_size() for k, v in state.items()}
+        shards, size = [[]], 0
+        for k in state:  # greedily, in state-dict order (as transformers shards)
+            if max_shard_size and shards[-1] and size + nbytes[k] > max_shard_size:
+                shards.append([])
+                size = 0
+            shards[-1].append(k)
+            size += nbytes[k]
+        names = (["model.safetensors"] if len(shards) == 1 else
+                 [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+        files = {name: lambda f, keys=keys: save_file({k: state[k] for k in keys}, f, metadata={"format": "pt"})
+                 for name, keys in zip(names, shards)}
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(nbytes.values())},
+                     "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
+            text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+            files["model.safetensors.index.json"] = lambda f: _write_text(f, text)
         config = json.dumps(self.config.to_hf(str(self.dtype).removeprefix("torch.")), indent=2) + "\n"
-        with atomic_path(os.path.join(path, "model.safetensors")) as tmp:
-            save_file(state, tmp, metadata={"format": "pt"})
-        with atomic_path(os.path.join(path, "config.json")) as tmp, open(tmp, "w") as f:
-            f.write(config)
+        files["config.json"] = lambda f: _write_text(f, config)
+        for name, write in files.items():
+            with atomic_path(os.path.join(path, name)) as tmp:
+                write(tmp)
+        for name in os.listdir(path):  # an earlier save's weights would otherwise be loaded (or hashed) with these
+            stale = name in ("model.safetensors", "model.safetensors.index.json") or re.fullmatch(
+                r"model-\d{5}-of-\d{5}\.safetensors", name)
+            if stale and name not in files:
+                os.remove(os.path.join(path, name))
+
+
+def _write_text(file, text):
+    with open(file, "w") as f:
+        f.write(text)

@@ -109,7 +109,8 @@ class Streamer:
         self.pixel_values, self.grids = [[]], [[]]  # per row, every frame fed so far (if cfg.keep_pixels)
         self.warned_positions = False
         self.seed = seed
-        self.generators = None if seed is None else [torch.Generator().manual_seed(seed)]
+        # one sampler per row, on the model's device (torch.multinomial refuses a CPU generator for CUDA logits)
+        self.generators = None if seed is None else [torch.Generator(self.device).manual_seed(seed)]
 
     @property
     def time(self):
@@ -130,7 +131,7 @@ class Streamer:
         self.pixel_values = [list(self.pixel_values[0]) for _ in range(n)]
         self.grids = [list(self.grids[0]) for _ in range(n)]
         if self.seed is not None:
-            self.generators = [torch.Generator().manual_seed(self.seed + i) for i in range(n)]
+            self.generators = [torch.Generator(self.device).manual_seed(self.seed + i) for i in range(n)]
 
     @classmethod
     def concat(cls, streamers):
@@ -233,9 +234,10 @@ class Streamer:
         active = active.clone()
         for n in range(cfg.max_new_tokens):
             tokens, logp = sample_next(logits, cfg.temperature, cfg.top_k, self.generators, active, self.banned)
+            token_list, logp_list = tokens.tolist(), logp.tolist()  # one copy to the host per step, not one per row
             for i in active.nonzero()[:, 0].tolist():
-                out[i].append(int(tokens[i]))
-                lps[i].append(float(logp[i]))
+                out[i].append(token_list[i])
+                lps[i].append(logp_list[i])
             active &= tokens.cpu() != end
             if not active.any() or n == cfg.max_new_tokens - 1:
                 break

@@ -42,6 +42,30 @@ def test_presets_and_overrides():
         preset("toy", vocab_size=300)  # the toy's special-token ids (500..503) no longer fit
 
 
+# The shape-deciding fields of config.json of Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct on the hub
+# (the rest of those files: token ids equal to the defaults, and fields nothing here reads).
+HUB_VISION = {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+              "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+              "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2}
+HUB_TEXT = {"model_type": "qwen2_5_vl", "hidden_act": "silu", "max_position_embeddings": 128000, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0, "use_sliding_window": False,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}
+HUB_3B = dict(HUB_TEXT, hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_hidden_layers=36,
+              num_key_value_heads=2, tie_word_embeddings=True, vocab_size=151936,
+              vision_config=dict(HUB_VISION, out_hidden_size=2048))
+HUB_7B = dict(HUB_TEXT, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_hidden_layers=28,
+              num_key_value_heads=4, tie_word_embeddings=False, vocab_size=152064,
+              vision_config=dict(HUB_VISION, out_hidden_size=3584))
+
+
+@pytest.mark.parametrize("name, hub, billions", [("qwen2.5-vl-3b", HUB_3B, 3.75), ("qwen2.5-vl-7b", HUB_7B, 8.29)])
+def test_real_presets_equal_the_hub_configs(name, hub, billions):
+    assert ModelConfig.from_hf(hub) == preset(name)
+    with torch.device("meta"):
+        model = MMDuet2(preset(name))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions  # 3.75 B and 8.29 B parameters
+
+
 def hub_dict():
     return preset("qwen2.5-vl-3b").to_hf()
 
@@ -175,6 +199,31 @@ def test_shards_and_newer_key_prefixes(tmp_path):
     ids, vision = sample_inputs()
     with torch.no_grad():
         assert torch.equal(model(ids, **vision), back(ids, **vision))
+
+
+def test_sharded_save_writes_the_hub_index(tmp_path):
+    model = toy_model(tie_word_embeddings=False)
+    state = model.state_dict()
+    biggest = max(v.numel() * v.element_size() for v in state.values())
+    model.save_pretrained(tmp_path, max_shard_size=biggest)  # every shard holds at most the largest tensor
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    n = len(set(index["weight_map"].values()))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert n > 2 and names == sorted(["config.json", "model.safetensors.index.json"]
+                                     + [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)])
+    assert sorted(index["weight_map"]) == sorted(state) and list(index["weight_map"]) == sorted(state)
+    assert index["metadata"] == {"total_size": sum(v.numel() * v.element_size() for v in state.values())}
+    for name in set(index["weight_map"].values()):
+        shard = load_file(tmp_path / name)
+        assert sum(v.numel() * v.element_size() for v in shard.values()) <= biggest
+        assert all(index["weight_map"][k] == name and torch.equal(v, state[k]) for k, v in shard.items())
+    back = MMDuet2.from_pretrained(tmp_path).eval()
+    ids, vision = sample_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(ids, **vision), back(ids, **vision))
+    # Saved again unsharded into the same folder: the shards and the index go, so nothing stale is loaded.
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_mismatched_checkpoint_lists_every_problem(tmp_path):

@@ -40,7 +40,7 @@ def reference(tie=True, window=56, tps=2, seed=0):
 
 def run_reference(model, ids, mask=None, **vision):
     types = torch.zeros_like(ids)
-    types[ids == IMG], types[ids == VID] = 1, 2
+    types[ids == model.config.image_token_id], types[ids == model.config.video_token_id] = 1, 2
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, **vision).logits
 
@@ -140,12 +140,13 @@ def test_flat_config_layout(tmp_path):
     assert_close(run_reference(ref, ids, mask, **vision), run_ours(ours, ids, mask, **vision), mask)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_transformers_loads_our_save(tmp_path, tie):
+@pytest.mark.parametrize("tie, max_shard_size", [(True, None), (False, 100_000)])
+def test_transformers_loads_our_save(tmp_path, tie, max_shard_size):
     ref = reference(tie=tie)
     ref.save_pretrained(tmp_path / "ref")
     ours = MMDuet2.from_pretrained(tmp_path / "ref").eval()
-    ours.save_pretrained(tmp_path / "ours")
+    ours.save_pretrained(tmp_path / "ours", max_shard_size=max_shard_size)
+    assert (tmp_path / "ours" / "model.safetensors.index.json").exists() == bool(max_shard_size)
     saved = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert "text_config" not in saved and saved["rope_scaling"]["mrope_section"] == [2, 3, 3]
     back = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
