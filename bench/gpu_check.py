@@ -33,7 +33,7 @@ import torch
 from bench.presets_roundtrip import QUESTION, peak_rss_gb, tokenizer_and_config
 from mmduet2 import grpo
 from mmduet2.dialogue import Turn, render_dialogue, user_chunk_ids
-from mmduet2.lora import apply_lora, lora_parameters
+from mmduet2.lora import apply_lora
 from mmduet2.model import MMDuet2, get_rope_index
 from mmduet2.processor import process_images
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
@@ -41,6 +41,7 @@ from mmduet2.training import autocast, loss_positions
 
 FRAME = (224, 448)  # px; at max_pixels = 128 * 28 * 28 it stays this size: 8 x 16 merged tokens
 MAX_NEW = 4
+TEMPERATURE = 1.2  # train_rl.py's sampling temperature; the update's log-probs use it too
 UPDATE_ESTIMATE_GB = 22.2  # docs/scaling.md: 15.0 weights + 1.5 LoRA and AdamW + 4.1 + 1.2 activations + 0.4 logits
 
 
@@ -139,11 +140,11 @@ def lora_update(cfg, tok, frames, device, rank):
     apply_lora(model, rank=rank, alpha=32.0)
     model.model.gradient_checkpointing = True
     model.train()
-    params = lora_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # the adapters: apply_lora froze the rest
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     gcfg = grpo.GRPOConfig()
     pixel_values, grid = process_images(frames, max_pixels=StreamConfig.max_pixels)
-    ids, mask = render_dialogue(tok, [Turn(float(k + 1), 1, QUESTION if k == 0 else None)
+    ids, mask = render_dialogue(tok, [Turn(float(k + 1), [k + 1], QUESTION if k == 0 else None)
                                       for k in range(len(frames))], int(grid[0].prod()) // 4)
     inputs = dict(input_ids=ids[None].to(device), pixel_values=pixel_values.to(device), image_grid_thw=grid.to(device))
     mask = mask[None].to(device)
@@ -153,7 +154,7 @@ def lora_update(cfg, tok, frames, device, rank):
         t = time.perf_counter()
         with autocast(device):
             pos = loss_positions(mask)
-            logp = grpo.token_logprobs(model(**inputs, logits_to_keep=pos), inputs["input_ids"], gcfg.temperature,
+            logp = grpo.token_logprobs(model(**inputs, logits_to_keep=pos), inputs["input_ids"], TEMPERATURE,
                                        pos, banned)
         loss, _ = grpo.ppo_loss(logp, logp.detach(), torch.ones(1, device=device), mask, gcfg)
         loss.backward()
