@@ -32,7 +32,7 @@ from .data import EPS, build_turns, load_dialogues
 from .dialogue import SYSTEM_PROMPT, Turn, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
-from .toy import caption_turns
+from .toy import CAPTION_QUESTION, caption as caption_text
 from .video import VideoError, probe_video, read_frames
 
 
@@ -86,18 +86,18 @@ class Split:
         """The whole dialogue of record i as one training sample (the SFT view).
 
         caption=True gives an offline caption dialogue of the same video instead: Qwen's default system prompt,
-        and every user turn asks what its last frame shows, or which objects of one colour or shape it shows,
-        and gets the answer (needs the record's `objects` annotation, which ShapeWatch writes; see
-        toy.caption_turns). A question is asked on every turn, so it is plain multi-turn QA and never the
-        streaming layout, where answering every turn would teach repeating oneself. The paper mixes such data
-        into SFT; the toy's base model is trained on it alone (train_sft.py)."""
+        and every user turn asks what its last frame shows and gets the answer (needs the record's `objects`
+        annotation, which ShapeWatch writes). The question is asked again on every turn, so it is plain
+        multi-turn QA and never the streaming layout, where answering every turn would teach repeating oneself.
+        The paper mixes such data into SFT; the toy's base model is trained on it alone (train_sft.py)."""
         frames, specs = self.frames(i), self.turns(i)
         used = [frames[k - 1] for s in specs for k in s.frame_indices]
         pixel_values, grid = self.pixels(used)
         tokens_per_frame = int(grid[0].prod()) // merge_size ** 2
         if caption:
-            qa = caption_turns(self.records[i], [s.time for s in specs])
-            turns = [Turn(s.time, len(s.frame_indices), q, a) for s, (q, a) in zip(specs, qa)]
+            objects = self.records[i]["objects"]
+            turns = [Turn(s.time, len(s.frame_indices), CAPTION_QUESTION, caption_text(objects, s.time))
+                     for s in specs]
         else:
             turns = [Turn(s.time, len(s.frame_indices), s.user_text, s.reply) for s in specs]
         ids, mask = render_dialogue(tok, turns, tokens_per_frame,
