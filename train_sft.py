@@ -28,7 +28,7 @@ from mmduet2.config import preset
 from mmduet2.dialogue import SYSTEM_PROMPT
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
-from mmduet2.toy import caption_turns, ensure_toy_data
+from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
 from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, lr_at, model_inputs,
                               parse_config, seed_everything, sft_loss)
 
@@ -87,8 +87,7 @@ def main():
         for i, r in enumerate(train.records):
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
-                texts += [DEFAULT_SYSTEM_PROMPT] + [x for qa in caption_turns(r, [s.time for s in train.turns(i)])
-                                                    for x in qa]
+                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
         # trained by process 0 alone, then sent to the others
         tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512) if par.main else None)
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,34 +240,11 @@ def make_example(seed, split, i, render_frames=True):
 CAPTION_QUESTION = "What shapes are on screen now?"
 
 
-def caption_question(target):
-    """The caption question about one colour or shape: "Which red shapes are on screen now?"."""
-    return f"Which {target} shapes are on screen now?" if target in COLOURS else f"Which {target}s are on screen now?"
-
-
-def caption(objects, t, target=None):
-    """What a frame stamped t shows, in the answer vocabulary: "A red circle and a blue square." or "Nothing.";
-    with a target (a colour or a shape), only the objects matching it."""
+def caption(objects, t):
+    """What a frame stamped t shows, in the answer vocabulary: "A red circle and a blue square." or "Nothing."."""
     seen = [f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["start"])
-            if o["start"] <= t < o["end"] and (target is None or matches(target, o["colour"], o["shape"]))]
+            if o["start"] <= t < o["end"]]
     return (" and ".join(seen) + ".").capitalize() if seen else "Nothing."
-
-
-def caption_turns(record, times):
-    """[(question, answer)] of a caption dialogue over turns stamped `times`: each turn asks what is on screen, or
-    (half the turns) which objects of one colour or shape are, so the model learns to read a question against
-    the picture, the skill a proactive question needs. The target is one on screen half the time, else any.
-    Seeded by the record id: the same record always gives the same dialogue."""
-    rng = np.random.default_rng([zlib.crc32(record["id"].encode()), 7])
-    targets, out = list(COLOURS) + SHAPES, []
-    for t in times:
-        if rng.random() < 0.5:
-            out.append((CAPTION_QUESTION, caption(record["objects"], t)))
-            continue
-        shown = [a for o in record["objects"] if o["start"] <= t < o["end"] for a in (o["colour"], o["shape"])]
-        target = str(rng.choice(shown if shown and rng.random() < 0.5 else targets))
-        out.append((caption_question(target), caption(record["objects"], t, target)))
-    return out
 
 
 def to_proactive(record):

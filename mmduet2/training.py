@@ -24,7 +24,7 @@ from .data import EPS, build_turns, load_dialogues
 from .dialogue import SYSTEM_PROMPT, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
-from .toy import caption_turns
+from .toy import CAPTION_QUESTION, caption as caption_text
 from .video import VideoError, probe_video, read_frames
 
 
@@ -78,18 +78,17 @@ class Split:
         """The whole dialogue of record i as one training sample (the SFT view).
 
         caption=True gives an offline caption dialogue of the same video instead: Qwen's default system prompt,
-        and every user turn asks what its last frame shows, or which objects of one colour or shape it shows,
-        and gets the answer (needs the record's `objects` annotation, which ShapeWatch writes; see
-        toy.caption_turns). A question is asked on every turn, so it is plain multi-turn QA and never the
-        streaming layout, where answering every turn would teach repeating oneself. The paper mixes such data
-        into SFT; the toy's base model is trained on it alone (train_sft.py)."""
+        and every user turn asks what its last frame shows and gets the answer (needs the record's `objects`
+        annotation, which ShapeWatch writes). The question is asked again on every turn, so it is plain
+        multi-turn QA and never the streaming layout, where answering every turn would teach repeating oneself.
+        The paper mixes such data into SFT; the toy's base model is trained on it alone (train_sft.py)."""
         frames, turns = self.frames(i), self.turns(i)
         used = [frames[k - 1] for t in turns for k in t.frame_indices]
         pixel_values, grid = self.pixels(used)
         tokens_per_frame = int(grid[0].prod()) // merge_size ** 2
         if caption:
-            qa = caption_turns(self.records[i], [t.time for t in turns])
-            turns = [replace(t, user_text=q, reply=a) for t, (q, a) in zip(turns, qa)]
+            objects = self.records[i]["objects"]
+            turns = [replace(t, user_text=CAPTION_QUESTION, reply=caption_text(objects, t.time)) for t in turns]
         ids, mask = render_dialogue(tok, turns, tokens_per_frame,
                                     system_prompt=DEFAULT_SYSTEM_PROMPT if caption else SYSTEM_PROMPT)
         return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}
