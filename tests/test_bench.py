@@ -50,3 +50,21 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     update = rows["LoRA RL update"]
     assert update["tokens"] > 6 * 128 and update["sampled"] > 6 and update["step_s"] > 0 and update["peak_gb"] > 0
     assert re.search(r"the same greedy tokens as mmduet2 on \d of 6 turns", out), out  # bf16 may differ at a tie
+
+
+def test_probe_question_counts_every_appearance(tmp_path):
+    """bench.probe_question on a random toy model: probabilities, and one figure per appearance of an object in the
+    one-question records (each object matches exactly two of the toy's seven questions: its colour and its shape)."""
+    from bench.probe_question import TARGETS, question_gap
+    from mmduet2.stream import random_toy_model
+    from mmduet2.toy import ensure_toy_data, question_text
+    from mmduet2.training import Split
+    data = ensure_toy_data(str(tmp_path / "data"), train=0, val=4, test=0, log=None)
+    split = Split(os.path.join(data, "val.jsonl"), frame_interval=2.0)
+    model, tok = random_toy_model(" ".join(question_text(t) for t in TARGETS))
+    gap = question_gap(model, tok, split, n=4)
+    one_question = [(r, split.turns(i)) for i, r in enumerate(split.records) if len(r["questions"]) == 1]
+    expected = sum(1 for r, turns in one_question for k, t in enumerate(turns) for o in r["objects"]
+                   if (turns[k - 1].time if k else 0.0) < o["start"] <= t.time)
+    assert expected > 0 and gap["turns"] == expected
+    assert 0.0 <= gap["match"] <= 1.0 and 0.0 <= gap["other"] <= 1.0
