@@ -3,8 +3,8 @@
     python demo.py VIDEO --question "Tell me every time a red shape appears." --checkpoint runs/toy/rl \
         --frame-interval 2 [--annotation GOLD.json --question-id ID] [--realtime]
 
-Frames are decoded as the stream reaches them, so a long video costs no more memory than a short one (the KV cache
-still grows with the stream). Without --checkpoint the weights are random, which only shows the plumbing.
+Frames are decoded as the stream reaches them, so a long video costs no more memory than a short one; the KV cache
+grows with the stream unless --window bounds it (docs/scaling.md, "Long streams"). Without --checkpoint the weights are random, which only shows the plumbing.
 """
 import argparse
 import itertools
@@ -29,6 +29,10 @@ def main(argv=None):
     p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
     p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
     p.add_argument("--realtime", action="store_true", help="pace the turns at the video's own speed")
+    p.add_argument("--window", type=float, default=0.0,
+                   help="bounded KV cache: seconds of frames kept (0 = keep everything, as the paper)")
+    p.add_argument("--text-budget", type=int, default=512,
+                   help="bounded cache: tokens of earlier turns' text kept besides the system prompt and question")
     p.add_argument("--annotation", help="ProactiveVideoQA JSON whose gold spans are drawn on the timeline")
     p.add_argument("--question-id", help="which record of --annotation (default: the first)")
     p.add_argument("--timeline", default="timeline.png", help="where to write the timeline PNG")
@@ -44,7 +48,8 @@ def main(argv=None):
         print("No --checkpoint given: the weights are RANDOM, so the replies below are noise.", file=sys.stderr)
     frames = iter_frames(args.video, args.frame_interval, fps=args.fps)  # decoded as the stream reaches them
     cfg = StreamConfig(frames_per_turn=args.frames_per_turn, frame_interval=args.frame_interval,
-                       max_new_tokens=args.max_new_tokens, keep_pixels=False)
+                       max_new_tokens=args.max_new_tokens, keep_pixels=False, window=args.window,
+                       text_budget=args.text_budget)
     streamer = Streamer(model, tok, cfg)
     start, replies = _time.time(), []
     while turn := [f for f, _ in itertools.islice(frames, cfg.frames_per_turn)]:
