@@ -48,6 +48,14 @@ def parse_args():
     p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
     p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
     p.add_argument("--batch-size", type=int, default=16, help="videos streamed side by side (rows of one batch)")
+    p.add_argument("--rounds", choices=["full", "benchmark"], default="full",
+                   help="full: stream every video to its end (default; the toy figures were measured so); benchmark: "
+                        "stop after the last gold reply span, as ProactiveVideoQA's released inference (same scores "
+                        "inside the spans, less time on long videos)")
+    p.add_argument("--window", type=float, default=0.0,
+                   help="bounded KV cache for long videos: seconds of frames kept (0 = keep everything, the paper)")
+    p.add_argument("--text-budget", type=int, default=512,
+                   help="bounded cache: tokens of earlier turns' text kept besides the system prompt and question")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     p.add_argument("--timelines", type=int, default=4, help="timeline PNGs to draw")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (a checkpoint runs in bf16 on a GPU)")
@@ -87,7 +95,8 @@ def main():
     # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (docs).
     interval = args.frame_interval if args.frame_interval is not None else 2.0 if shapewatch else 1.0
     try:
-        cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens, keep_pixels=False)
+        cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens, keep_pixels=False, window=args.window,
+                           text_budget=args.text_budget)
     except ValueError as e:
         sys.exit(str(e))
     results = {}
@@ -104,7 +113,7 @@ def main():
             try:
                 preds, failed = predict_records(
                     model, tok, records, args.video_root, cfg, pred_path=os.path.join(out, "predictions.jsonl"),
-                    batch_size=args.batch_size, fresh=args.fresh,
+                    batch_size=args.batch_size, fresh=args.fresh, rounds=args.rounds,
                     provenance={"checkpoint": os.path.abspath(path), "checkpoint_id": checkpoint_id(path),
                                 "gold": os.path.abspath(args.gold)})
             except ValueError as e:

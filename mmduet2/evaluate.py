@@ -6,11 +6,14 @@ decoding gives a row the tokens it would get alone (tested). Predictions are app
 example at a time, with a provenance file beside it (the checkpoint's identity and the stream settings), so an
 interrupted run resumes, and only with the same checkpoint and settings. Every gold turn of every record is
 scored: a video that could not be decoded has no predictions and scores 0.25 per gold turn, as in the
-benchmark's scorer, and the failures are counted in the metrics.
+benchmark's scorer, and the failures are counted in the metrics. Each video is streamed to its end by default;
+`rounds="benchmark"` stops after the last gold reply span, as the benchmark's released inference does
+(`benchmark_frames`).
 """
 import hashlib
 import itertools
 import json
+import math
 import os
 import statistics
 
@@ -52,6 +55,16 @@ def stream_videos(model, tok, videos, cfg):
                 turns[i].append((batch.row_time(i), None if silent(answers[i]) else answers[i]))
 
 
+def benchmark_frames(rec, interval):
+    """Frames ProactiveVideoQA's released streaming inference plays (docs/method.md section 5): it stops after the
+    last gold reply span, max(1, min(int(duration * fps), ceil(min(duration, last reply end) * fps))) at
+    fps = 1 / interval (float slack as in video.py). Nothing inside a span changes; with 2 frames a turn the last
+    turn may hold one. Example: duration 40, last span [10, 15], interval 2 -> 8 frames (up to 16 s)."""
+    fps, duration = 1 / interval, rec["duration"]
+    end = max((a["reply_timespan"][1] for a in rec["answer"]), default=duration)
+    return max(1, min(int(duration * fps + 1e-6), math.ceil(min(duration, end) * fps - 1e-6)))
+
+
 def checkpoint_id(path):
     """sha256 of a checkpoint directory's config.json and weight files: which model wrote a predictions file."""
     h = hashlib.sha256()
@@ -89,20 +102,23 @@ def _check_provenance(pred_path, provenance, fresh):
         write_json(meta_path, provenance, indent=1)
         return
     saved = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
-    diff = [k for k in provenance if saved.get(k) != provenance[k]]
+    diff = [k for k in {**saved, **provenance} if saved.get(k) != provenance.get(k)]  # an opt-in on in one only too
     if diff:
         raise ValueError(f"{pred_path} was written with other settings ({', '.join(f'{k}: {saved.get(k)!r}' for k in diff)}"
-                         f"; now {', '.join(repr(provenance[k]) for k in diff)}): pass --fresh to predict again, or "
+                         f"; now {', '.join(repr(provenance.get(k)) for k in diff)}): pass --fresh to predict again, or "
                          "another --out.")
 
 
 def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=print, batch_size=16,
-                    provenance=None, fresh=False):
-    """Predict every record, resuming from `pred_path` when its provenance matches. Returns (preds, failed):
+                    provenance=None, fresh=False, rounds="full"):
+    """Predict every record, resuming from `pred_path` when its provenance matches. `rounds`: "full" streams each
+    video to its end, "benchmark" stops after its last gold reply span (`benchmark_frames`). Returns (preds, failed):
     preds {question_id: {"replies", "turn_times"}}, failed [(question_id, error)] for videos that could not be read."""
-    if pred_path:
+    if pred_path:  # the opt-in settings enter the provenance only when on, so older files still resume
+        optional = {**({"window": cfg.window, "text_budget": cfg.text_budget} if cfg.window else {}),
+                    **({"rounds": rounds} if rounds != "full" else {})}
         _check_provenance(pred_path, {"frame_interval": cfg.frame_interval, "frames_per_turn": cfg.frames_per_turn,
-                                      "max_new_tokens": cfg.max_new_tokens, **(provenance or {})}, fresh)
+                                      "max_new_tokens": cfg.max_new_tokens, **optional, **(provenance or {})}, fresh)
     preds = load_predictions(pred_path) if pred_path and os.path.exists(pred_path) else {}
     todo, failed = [r for r in records if r["question_id"] not in preds], []
     out = open(pred_path, "a") if pred_path else None
@@ -112,8 +128,10 @@ def predict_records(model, tok, records, video_root, cfg, pred_path=None, log=pr
             path = os.path.join(video_root, rec["video"])
             try:  # checked before streaming, decoded as the stream reaches each frame
                 probe_video(path, rec.get("fps"))
-                videos.append(((f for f, _ in iter_frames(path, cfg.frame_interval, rec.get("fps"))),
-                               rec["conversation"][0]["content"]))
+                frames = (f for f, _ in iter_frames(path, cfg.frame_interval, rec.get("fps")))
+                if rounds == "benchmark":
+                    frames = itertools.islice(frames, benchmark_frames(rec, cfg.frame_interval))
+                videos.append((frames, rec["conversation"][0]["content"]))
                 recs.append(rec)
             except VideoError as e:
                 failed.append((rec["question_id"], str(e)))

@@ -185,7 +185,8 @@ class KVCache:
     slot, or the pad a finished row feeds while others decode, is invisible to every later query), and per row
     the next M-RoPE id `next_pos` (B,), which rows that watch different videos or sat turns out advance apart.
     Capacity doubles when full (amortised O(1) per token); a decode step builds an O(length) mask and copies
-    nothing else."""
+    nothing else. `evict` drops slots in place for a bounded cache (the Streamer's `window`, off by default); `tag`
+    (B, capacity) is an integer per slot that the caller writes (what the slot holds) and that moves with it."""
 
     def __init__(self, n_layers, batch_size, n_kv_heads, head_dim, capacity=256, dtype=torch.float32, device="cpu"):
         shape = (batch_size, n_kv_heads, capacity, head_dim)
@@ -193,6 +194,7 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's next M-RoPE id
+        self.tag = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
         self.length = 0
 
     @property
@@ -213,6 +215,7 @@ class KVCache:
         self.k = [F.pad(x, (0, 0, 0, extra)) for x in self.k]
         self.v = [F.pad(x, (0, 0, 0, extra)) for x in self.v]
         self.valid = F.pad(self.valid, (0, extra), value=False)
+        self.tag = F.pad(self.tag, (0, extra))
 
     def append(self, valid, pos):
         """Claim slots for a chunk: valid (B, T) bool, pos (3, B, T). Returns (start slot, attention mask)."""
@@ -238,6 +241,23 @@ class KVCache:
         self.v[layer][:, :, start:start + t] = v
         return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
 
+    def evict(self, keep):
+        """Drop every slot outside `keep` (B, length) bool, in place: each row's kept slots move, in order, to the
+        front of the same buffers, and `length` becomes the largest row's count (a row that keeps fewer gets invalid
+        slots at the end). The kept keys stay rotated by the M-RoPE ids they were written with and `next_pos` does
+        not move, so the cache equals one that was fed only the kept tokens at their original ids (docs/scaling.md,
+        "A bounded cache", says why the ids are not re-anchored)."""
+        keep = keep & self.valid[:, :self.length]
+        if bool((keep == self.valid[:, :self.length]).all()):
+            return
+        n = int(keep.sum(1).max())
+        order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :n]  # (B, n): kept slots first, in order
+        for x in self.k + self.v:  # (B, Hkv, capacity, D)
+            x[:, :, :n] = x.gather(2, order[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+        self.valid[:, :n], self.tag[:, :n] = keep.gather(1, order), self.tag.gather(1, order)
+        self.valid[:, n:] = False
+        self.length = n
+
     @classmethod
     def concat(cls, caches):
         """Stack caches row-wise (several RL groups into one batch). Each row keeps its slots and positions; a
@@ -249,6 +269,7 @@ class KVCache:
         out.k = [torch.cat([slots(c.k[i]) for c in caches]) for i in range(len(caches[0].k))]
         out.v = [torch.cat([slots(c.v[i]) for c in caches]) for i in range(len(caches[0].v))]
         out.valid = torch.cat([flags(c.valid) for c in caches])
+        out.tag = torch.cat([F.pad(c.tag, (0, cap - c.tag.shape[1])) for c in caches])
         out.next_pos = torch.cat([c.next_pos for c in caches])
         out.length = max(c.length for c in caches)
         return out
@@ -257,7 +278,7 @@ class KVCache:
         """Each row becomes n identical rows (rows r*n .. r*n+n-1 copy row r): one RL group from a shared prefix."""
         rep = lambda x: x.repeat_interleave(n, dim=0)
         self.k, self.v = [rep(x) for x in self.k], [rep(x) for x in self.v]
-        self.valid, self.next_pos = rep(self.valid), rep(self.next_pos)
+        self.valid, self.next_pos, self.tag = rep(self.valid), rep(self.next_pos), rep(self.tag)
 
 
 # ----------------------------------------------------------------------------------------------------------- model

@@ -11,6 +11,11 @@ are `concat`enated into one batch whose rows each watch their own video (`step_r
 Each row records every token it holds and whether the policy sampled it (reply tokens and their <|im_end|>)
 or it was forced (frames, user text, template, context replies): that flag becomes the RL loss mask.
 
+A bounded cache (`window` > 0, for the demo and long evaluations; off by default, as the paper keeps everything):
+before each turn the cache keeps the sink (the system prompt and the question), the frames of the last `window`
+seconds and the text of the newest earlier turns within `text_budget` tokens, and drops the rest in place
+(`KVCache.evict`); the kept tokens keep their M-RoPE ids (docs/scaling.md, "A bounded cache").
+
 Departures: a reply that hits `max_new_tokens` is closed with a forced <|im_end|> (not trained on) and the
 episode goes on, as the paper's rollouts do. The <|im_end|> that closes a reply is written to the cache at the
 start of the next turn's chunk rather than with its own forward, which saves one forward per turn and gives
@@ -38,6 +43,8 @@ class StreamConfig:
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28  # about 128 visual tokens per frame, as MMDuet2
     keep_pixels: bool = True         # keep every frame's pixel_values and grid per row (RL re-feeds them; eval needn't)
+    window: float = 0.0              # bounded cache: seconds of frames kept (0 = keep everything, the paper)
+    text_budget: int = 512           # bounded cache: tokens of earlier turns' text kept besides the sink
 
     def __post_init__(self):
         for name in ("max_new_tokens", "frames_per_turn"):
@@ -46,6 +53,10 @@ class StreamConfig:
                                  "at least 1.")
         if not self.frame_interval > 0:
             raise ValueError(f"StreamConfig.frame_interval={self.frame_interval} (--frame-interval) must be positive.")
+        for name in ("window", "text_budget"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"StreamConfig.{name}={getattr(self, name)} (--{name.replace('_', '-')}) must not "
+                                 "be negative.")
 
 
 @dataclass
@@ -102,6 +113,8 @@ class Streamer:
         self.system_prompt = system_prompt
         self.device = next(model.parameters()).device
         self.banned = unsayable_ids(tokenizer, model.config.text.vocab_size).to(self.device)
+        self.vision_ids = torch.tensor([tokenizer.vision_start_id, tokenizer.image_pad_id, tokenizer.vision_end_id],
+                                       device=self.device)
         self.cache = model.new_cache(1)
         self.rows = [Row()]
         self.pending = [[]]               # tokens written to the row but not yet to the cache
@@ -163,10 +176,11 @@ class Streamer:
         if all(f is None for f in frames):
             return [None] * b
         merge = self.model.config.vision.spatial_merge_size ** 2
-        processed, pixels, grids, seqs = {}, [], [], []
+        processed, pixels, grids, seqs, sink = {}, [], [], [], []
         for i, row in enumerate(self.rows):
             if frames[i] is None:
                 seqs.append([])  # an all-pad row: masked, nothing recorded, its pending tokens wait
+                sink.append(False)
                 continue
             if id(frames[i]) not in processed:  # rows watching one stream share the preprocessing
                 processed[id(frames[i])] = process_images(frames[i], min_pixels=self.cfg.min_pixels,
@@ -177,6 +191,7 @@ class Streamer:
                                  f"{grid.tolist()}): resize a video's frames to one size before streaming them.")
             chunk = user_chunk_ids(self.tok, self.frames_seen[i] == 0, len(frames[i]), int(grid[0].prod()) // merge,
                                    texts[i], system_prompt=self.system_prompt)
+            sink.append(self.frames_seen[i] == 0 or texts[i] is not None)  # this turn's text is never evicted
             self.frames_seen[i] += len(frames[i])
             if self.cfg.keep_pixels:
                 self.pixel_values[i].append(pixel_values)
@@ -196,8 +211,16 @@ class Streamer:
         ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=self.device)  # (B, T)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         mask = None if bool(mask.all()) else mask
+        tag = None
+        if self.cfg.window:  # bounded cache: evict, then say what each new slot holds (the tags _evict reads)
+            self._evict()
+            clock = torch.tensor(self.frames_seen, device=self.device)[:, None]  # (B, 1): each row's last frame
+            shown = torch.tensor([len(f or []) for f in frames], device=self.device)[:, None]
+            frame_no = clock - shown + (ids == self.tok.vision_start_id).cumsum(1)  # (B, T)
+            tag = torch.where(torch.isin(ids, self.vision_ids), frame_no,
+                              torch.where(torch.tensor(sink, device=self.device)[:, None], 0, -clock))
         # Rows are left-padded, so the last position is every row's last real token: only its logits are needed.
-        logits = self._forward(ids, torch.cat(pixels), torch.cat(grids), mask)[:, -1]
+        logits = self._forward(ids, torch.cat(pixels), torch.cat(grids), mask, tag)[:, -1]
         # Only rows that play this turn and have no forced reply sample; the others' logits go unused.
         sample = torch.tensor([frames[i] is not None and replies[i] is None for i in range(b)])
         answers = self._generate(logits, sample) if sample.any() else [None] * b
@@ -213,10 +236,29 @@ class Streamer:
                           "video: the model was never trained on positions this far, so expect worse replies.")
         return answers
 
-    def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None):
+    def _forward(self, ids, pixel_values=None, grid=None, attention_mask=None, tag=None):
         pv = None if pixel_values is None else pixel_values.to(self.device, self.model.dtype)
-        return self.model(ids, attention_mask=attention_mask, pixel_values=pv, logits_to_keep=1,
-                          image_grid_thw=None if grid is None else grid.to(self.device), cache=self.cache)
+        logits = self.model(ids, attention_mask=attention_mask, pixel_values=pv, logits_to_keep=1,
+                            image_grid_thw=None if grid is None else grid.to(self.device), cache=self.cache)
+        if tag is not None:
+            self.cache.tag[:, self.cache.length - ids.shape[1]:self.cache.length] = tag
+        return logits
+
+    def _evict(self):
+        """The bounded cache, before a turn's chunk. Slot tags: 0 the sink (the text of the first turn and of
+        turns where the user spoke), k > 0 a token of frame k (shown at k * frame_interval), -k the text of the
+        turn whose last frame is k. Kept: the sink, frames of the last `window` seconds, and the newest earlier
+        turns' text, whole turns only, within `text_budget` tokens."""
+        if not self.cache.length:
+            return
+        tag, valid = self.cache.tag[:, :self.cache.length], self.cache.valid[:, :self.cache.length]
+        now = torch.tensor(self.frames_seen, device=tag.device)[:, None]  # (B, 1)
+        frames = (tag > 0) & ((now - tag) * self.cfg.frame_interval < self.cfg.window)
+        text = (tag < 0) & valid
+        within = text & (text.flip(1).cumsum(1).flip(1) <= self.cfg.text_budget)  # the newest text that fits...
+        oldest = (-tag).masked_fill(~within, torch.iinfo(tag.dtype).max).amin(1, keepdim=True)
+        whole = ~(text & ~within & (-tag == oldest)).any(1, keepdim=True)     # ...less a turn cut in two
+        self.cache.evict((tag == 0) | frames | (within & ((-tag > oldest) | whole)))
 
     def _record(self, i, tokens, sampled, logprobs=None):
         row = self.rows[i]
@@ -243,7 +285,8 @@ class Streamer:
                 break
             # Rows that finished feed a masked pad so the batch stays rectangular; the mask hides it.
             feed = torch.where(active.to(tokens.device), tokens, torch.zeros_like(tokens))[:, None]
-            logits = self._forward(feed, attention_mask=active[:, None].long().to(self.device))[:, -1]
+            tag = -torch.tensor(self.frames_seen, device=self.device)[:, None] if cfg.window else None
+            logits = self._forward(feed, attention_mask=active[:, None].long().to(self.device), tag=tag)[:, -1]
         replies = [None] * b
         for i in rows:
             sampled = out[i]

@@ -1,6 +1,6 @@
 """The benchmarks that CI cannot run at full size run here on toy shapes, through the same code path: the preset
 round trip (random bf16 weights, sharded save, load, every tensor equal, one streamed turn) and the one-shot GPU
-check on the CPU (its table's rows carry numbers, and its JSON the same figures)."""
+check on the CPU (its table's rows carry numbers, and its JSON the same figures), and the bounded cache's bench."""
 import json
 import os
 import re
@@ -68,3 +68,11 @@ def test_probe_question_counts_every_appearance(tmp_path):
                    if (turns[k - 1].time if k else 0.0) < o["start"] <= t.time)
     assert expected > 0 and gap["turns"] == expected
     assert 0.0 <= gap["match"] <= 1.0 and 0.0 <= gap["other"] <= 1.0
+
+
+def test_bench_bounded_tiny():
+    """60 turns with a 4 s window: the bounded cache's slots stop growing, the full cache's do not."""
+    out = run("bench.bench_bounded", "--turns", "60", "--early", "20", "--window", "4", "--text-budget", "40")
+    (full_early, full_end), (bounded_early, bounded_end) = [[int(c) for c in row(out, f"{m:>8}")[:2]]
+                                                            for m in ("full", "bounded")]
+    assert bounded_early == bounded_end < full_early < full_end

@@ -8,7 +8,7 @@ import torch
 
 from mmduet2.config import preset
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT
-from mmduet2.evaluate import predict_records, score, silent, stream_videos, turn_stats
+from mmduet2.evaluate import benchmark_frames, predict_records, score, silent, stream_videos, turn_stats
 from mmduet2.judges import RuleJudge
 from mmduet2.model import MMDuet2
 from mmduet2.stream import StreamConfig, Streamer
@@ -86,6 +86,29 @@ def test_predictions_resume_only_with_their_provenance(model_tok, tmp_path):
     fresh, _ = predict_records(model, tok, recs[:1], str(tmp_path), StreamConfig(2, 2.0, 3), pred_path=path,
                                log=None, provenance={"checkpoint_id": "b"}, fresh=True)
     assert len(open(path).readlines()) == 1 and json.load(open(path + ".meta.json"))["checkpoint_id"] == "b"
+
+
+def test_benchmark_rounds_stop_after_the_last_span(model_tok, tmp_path):
+    """--rounds benchmark: rounds = max(1, min(int(duration * fps), ceil(min(duration, last reply end) * fps)))."""
+    rec = lambda duration, ends: {"duration": duration, "answer": [{"reply_timespan": [0, e]} for e in ends]}
+    assert benchmark_frames(rec(40, [15, 10]), 2.0) == 8       # ceil(15 / 2): up to 16 s
+    assert benchmark_frames(rec(40, [15.5]), 1.0) == 16
+    assert benchmark_frames(rec(9.5, [12]), 1.0) == 9           # a span past the end: int(9.5)
+    assert benchmark_frames(rec(0.3, [0.1]), 1.0) == 1          # at least one round
+    assert benchmark_frames(rec(8, []), 1.0) == 8               # no gold reply: the whole video
+    model, tok = model_tok
+    recs, path = records(tmp_path, 2), str(tmp_path / "pred.jsonl")
+    recs[1]["answer"][0]["reply_timespan"] = [1, 2.5]
+    cfg = StreamConfig(frames_per_turn=2, frame_interval=1.0, max_new_tokens=3)
+    full, _ = predict_records(model, tok, recs, str(tmp_path), cfg, log=None)
+    bench, _ = predict_records(model, tok, recs, str(tmp_path), cfg, pred_path=path, log=None, rounds="benchmark")
+    assert full["q0"]["turn_times"] == [2, 4, 6, 8]
+    assert bench["q0"]["turn_times"] == [2, 4, 5] and bench["q1"]["turn_times"] == [2, 3]
+    for q in ("q0", "q1"):  # nothing changes before the stop
+        n = len(bench[q]["turn_times"]) - 1
+        assert bench[q]["replies"][:n] == [r for r in full[q]["replies"] if r["time"] <= bench[q]["turn_times"][n - 1]]
+    with pytest.raises(ValueError, match="rounds: 'benchmark'"):  # no mixing of the two in one predictions file
+        predict_records(model, tok, recs, str(tmp_path), cfg, pred_path=path, log=None)
 
 
 def test_failed_videos_and_empty_replies_score_as_silence(model_tok, tmp_path):
