@@ -13,6 +13,7 @@ demo and still writes the timeline (and --replies).
 """
 import argparse
 import itertools
+import os
 import sys
 import time as _time
 
@@ -105,9 +106,18 @@ def main(argv=None):
         write_json(args.replies, replies)
     lost = f", {live.dropped} frames dropped" if args.live else ""
     print(f"{len(replies)} replies in {now:.0f} s of video{lost}; timeline written to {args.timeline}")
-    if args.live and live.error:
-        sys.exit(f"{live.error}; the timeline (and --replies) hold the replies until then.")
+    if args.live:
+        if live.error:
+            print(f"{live.error}; the timeline (and --replies) hold the replies until then.", file=sys.stderr)
+        return 1 if live.error else 0
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    code = main()
+    if code is not None:
+        # A live source's decoding thread may sit inside FFmpeg's read; interpreter shutdown can then hang while it
+        # tears PyAV down under that thread, so a live run ends the process itself once its outputs are written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
