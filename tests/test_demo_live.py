@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 
-import pytest
 import numpy as np
 import pytest
 from PIL import Image
