@@ -13,7 +13,6 @@ demo and still writes the timeline (and --replies).
 """
 import argparse
 import itertools
-import os
 import sys
 import time as _time
 
@@ -114,10 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    if code is not None:
-        # A live source's decoding thread may sit inside FFmpeg's read; interpreter shutdown can then hang while it
-        # tears PyAV down under that thread, so a live run ends the process itself once its outputs are written.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    sys.exit(main())
