@@ -13,17 +13,26 @@ shapes with random weights, printed as one table and written as JSON (--out) for
                        beside docs/scaling.md's worked estimate for the update (22.2 GB; 26 GB with the KV cache of
                        a G = 4 rollout group)
 
+`--chain` measures instead what the project promises a user with one GPU: the default toy chain, `python
+train_sft.py && python train_rl.py && python eval.py` with `--device`, wall seconds per stage (the SFT stage
+includes generating ShapeWatch when data/toy is missing) and the eval's table. It is a call of its own, since on
+a GPU it may take longer than the rows above.
+
 Peak memory is torch's max_memory_allocated over the row (only that row's model is resident); on the CPU it is
 the process's peak resident set so far. Random weights decode arbitrary tokens, which costs what real ones would.
 
     python -m bench.gpu_check [--out gpu_check.json] [--tokenizer DIR]
     python -m bench.gpu_check --tiny --device cpu    # toy shapes, 6 turns, seconds (tests/test_bench.py)
+    python -m bench.gpu_check --chain [--out chain.json]
+    python -m bench.gpu_check --chain --tiny --device cpu    # a 14-video dataset and a few steps
 """
 import argparse
 import gc
 import inspect
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,13 +41,16 @@ import torch
 
 from bench.presets_roundtrip import QUESTION, peak_rss_gb, tokenizer_and_config
 from mmduet2 import grpo
+from mmduet2.checkpoint import write_json
 from mmduet2.dialogue import Turn, render_dialogue, user_chunk_ids
 from mmduet2.lora import apply_lora
 from mmduet2.model import MMDuet2, get_rope_index
 from mmduet2.processor import process_images
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
+from mmduet2.toy import ensure_toy_data
 from mmduet2.training import autocast, loss_positions
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAME = (224, 448)  # px; at max_pixels = 128 * 28 * 28 it stays this size: 8 x 16 merged tokens
 MAX_NEW = 4
 TEMPERATURE = 1.2  # train_rl.py's sampling temperature; the update's log-probs use it too
@@ -167,10 +179,37 @@ def lora_update(cfg, tok, frames, device, rank):
             "peak_gb": peak_gb(device), "lora_params_m": sum(p.numel() for p in params) / 1e6}
 
 
+def toy_chain(device, tiny):
+    """The default toy chain with --device, each stage a fresh process: [{"row", "wall_s"}], and eval's table.
+    With tiny, a 14-video dataset in a scratch folder and a few steps of each stage."""
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        sft, rl, ev = (os.path.join(d, n) for n in ("sft", "rl", "eval"))
+        data = []
+        if tiny:
+            data = ["--data", ensure_toy_data(os.path.join(d, "data"), train=6, val=4, test=4, log=None)]
+        gold = ["--gold", os.path.join(data[1], "test_proactive.json"), "--video-root", data[1]] if tiny else []
+        few = {"sft": ["--steps", "4", "--batch-size", "2", "--eval-every", "2", "--save-every", "2", "--warmup", "1"],
+               "rl": ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "2",
+                      "--eval-examples", "2", "--max-new-tokens", "6"],
+               "eval": ["--max-new-tokens", "6"]} if tiny else {}
+        stages = [("sft", ["train_sft.py", *data, "--out", sft]),
+                  ("rl", ["train_rl.py", *data, "--sft", sft, "--out", rl]),
+                  ("eval", ["eval.py", "--checkpoint", f"sft={sft}", "--checkpoint", f"rl={rl}", *gold, "--out", ev])]
+        for name, cmd in stages:
+            cmd = [sys.executable, *cmd, *few.get(name, []), "--device", device.type]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{' '.join(cmd[1:])} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            rows.append({"row": f"toy {name}", "wall_s": time.perf_counter() - t})
+    return rows, proc.stdout
+
+
 def print_table(rows, estimate):
     cols = [("turns", "turns", "{:d}"), ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"),
             ("frames_per_s", "frames/s", "{:.1f}"), ("tokens", "tokens", "{:d}"), ("step_s", "step s", "{:.2f}"),
-            ("peak_gb", "peak GB", "{:.2f}")]
+            ("peak_gb", "peak GB", "{:.2f}"), ("wall_s", "wall s", "{:.0f}")]
     print(f"{'row':<22}" + "".join(f"{title:>10}" for _, title, _ in cols) + f"{'estimate GB':>13}")
     for r in rows:
         cells = "".join(f"{fmt.format(r[k]) if k in r else '-':>10}" for k, _, fmt in cols)
@@ -188,9 +227,22 @@ def main(argv=None):
     p.add_argument("--tokenizer", help="folder with a Qwen2.5-VL tokenizer.json (default: a toy tokenizer whose "
                                        "special-token ids the config adopts; the shapes stay Qwen's)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers row")
+    p.add_argument("--chain", action="store_true", help="only the default toy chain on --device, seconds per stage")
     p.add_argument("--out", help="write the figures as JSON here too")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.chain:
+        machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+        print(f"the default toy chain{' (tiny)' if args.tiny else ''} on {machine}, torch {torch.__version__}",
+              flush=True)
+        rows, table = toy_chain(device, args.tiny)
+        print(table)
+        print_table(rows, None)
+        if args.out:
+            write_json(args.out, {"machine": machine, "torch": torch.__version__, "chain": "tiny" if args.tiny else
+                                  "default", "rows": rows, "eval_table": table})
+            print(f"wrote {args.out}")
+        return
     turns = args.turns or (6 if args.tiny else 100)
     tok, cfg = tokenizer_and_config("qwen2.5-vl-3b", args.tokenizer, args.tiny)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"

@@ -42,14 +42,26 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     rows = {r["row"]: r for r in figures["rows"]}
     for label in ("stream mmduet2", "stream transformers"):
         cells = row(out, label)
-        assert [c == "-" for c in cells] == [False] * 4 + [True] * 2 + [False, True], cells
+        assert [c == "-" for c in cells] == [False] * 4 + [True] * 2 + [False, True, True], cells
         assert cells[0] == "6" and f"{rows[label]['p50_ms']:.1f}" == cells[1]
         assert 0 < rows[label]["p50_ms"] <= rows[label]["p95_ms"] and rows[label]["frames_per_s"] > 0
     cells = row(out, "LoRA RL update")
-    assert [c == "-" for c in cells] == [True] * 4 + [False] * 3 + [True], cells
+    assert [c == "-" for c in cells] == [True] * 4 + [False] * 3 + [True, True], cells
     update = rows["LoRA RL update"]
     assert update["tokens"] > 6 * 128 and update["sampled"] > 6 and update["step_s"] > 0 and update["peak_gb"] > 0
     assert re.search(r"the same greedy tokens as mmduet2 on \d of 6 turns", out), out  # bf16 may differ at a tie
+
+
+def test_gpu_check_chain_tiny_on_cpu(tmp_path):
+    """--chain runs train_sft.py, train_rl.py and eval.py as a newcomer would (here tiny, on the CPU): a wall time
+    per stage in the table and the JSON, and eval's own table with both models."""
+    out = run("bench.gpu_check", "--chain", "--tiny", "--device", "cpu", "--out", str(tmp_path / "chain.json"))
+    figures = json.loads((tmp_path / "chain.json").read_text())
+    assert [r["row"] for r in figures["rows"]] == ["toy sft", "toy rl", "toy eval"] and figures["chain"] == "tiny"
+    for r in figures["rows"]:
+        cells = row(out, r["row"])
+        assert cells == ["-"] * 7 + [f"{r['wall_s']:.0f}", "-"] and r["wall_s"] > 0, cells
+    assert re.search(r"^sft\s", figures["eval_table"], re.M) and re.search(r"^rl\s", figures["eval_table"], re.M), out
 
 
 def test_probe_question_counts_every_appearance(tmp_path):
