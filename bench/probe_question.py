@@ -10,16 +10,14 @@ alone, and RL then has no good reply to reinforce that is not also said about th
 
     python -m bench.probe_question --checkpoint runs/toy/sft
 """
-import argparse
-import os
 import statistics
 
 import torch
 
-from mmduet2.checkpoint import load_checkpoint
+from bench.probe_vision import load_probe
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
 from mmduet2.toy import COLOURS, SHAPES, question_text
-from mmduet2.training import Split, collate, model_inputs
+from mmduet2.training import collate, model_inputs
 
 TARGETS = list(COLOURS) + SHAPES
 
@@ -55,16 +53,7 @@ def question_gap(model, tok, split, n=40):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default="runs/toy/sft")
-    p.add_argument("--data", default="data/toy", help="a ShapeWatch folder (its val.jsonl carries `objects`)")
-    p.add_argument("--n", type=int, default=40, help="one-question val records to probe")
-    p.add_argument("--frame-interval", type=float, default=2.0)
-    args = p.parse_args()
-    model, tok = load_checkpoint(args.checkpoint)
-    split = Split(os.path.join(args.data, "val.jsonl"), frame_interval=args.frame_interval)
-    if not all("objects" in r for r in split.records):
-        raise SystemExit(f"{args.data}/val.jsonl has no `objects` annotations: this probe needs ShapeWatch data.")
+    args, model, tok, split = load_probe(__doc__.splitlines()[0], 40)  # --n: one-question val records
     gap = question_gap(model, tok, split, args.n)
     print(f"{args.checkpoint}: P(NO REPLY) where an object appears, over {gap['turns']} appearances: "
           f"{gap['match']:.3f} under questions it matches, {gap['other']:.3f} under the others "

@@ -35,17 +35,23 @@ def caption_accuracy(model, tok, split, n=None, batch_size=8):
     return {**{k: hits[k] / max(1, totals[k]) for k in hits}, **{f"n_{k}": totals[k] for k in totals}}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_probe(description, n):
+    """The command line both probes share: (args, model, tokenizer, the ShapeWatch val split)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--checkpoint", default="runs/toy/sft")
     p.add_argument("--data", default="data/toy", help="a ShapeWatch folder (its val.jsonl carries `objects`)")
-    p.add_argument("--n", type=int, default=60, help="val records to probe")
+    p.add_argument("--n", type=int, default=n, help="val records to probe")
     p.add_argument("--frame-interval", type=float, default=2.0)
     args = p.parse_args()
     model, tok = load_checkpoint(args.checkpoint)
     split = Split(os.path.join(args.data, "val.jsonl"), frame_interval=args.frame_interval)
     if not all("objects" in r for r in split.records):
         raise SystemExit(f"{args.data}/val.jsonl has no `objects` annotations: this probe needs ShapeWatch data.")
+    return args, model, tok, split
+
+
+def main():
+    args, model, tok, split = load_probe(__doc__.splitlines()[0], 60)
     acc = caption_accuracy(model, tok, split, args.n)
     print(f"{args.checkpoint}: colour {acc['colour']:.1%} of {acc['n_colour']} words, "
           f"shape {acc['shape']:.1%} of {acc['n_shape']} words (chance about 25 % and 33 %)")

@@ -17,16 +17,6 @@ VS, VE, IMG = CFG.vision_start_token_id, CFG.vision_end_token_id, CFG.image_toke
 QUESTION = "Tell me every time a red shape appears."
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = MMDuet2(CFG).eval()
-    with torch.no_grad():  # larger than the 0.02 init, so positions and masks visibly change the logits
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return m
-
-
 def row_pieces(r):
     """Row r's dialogue: 4 turns of 2 frames (112x112 px, 16 tokens each) and user text, each followed by a
     3-token reply fed one token at a time. Returns [(ids, pixels or None)]."""

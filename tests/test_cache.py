@@ -7,22 +7,12 @@ import pytest
 import torch
 
 from mmduet2.config import preset
-from mmduet2.model import MMDuet2, get_rope_index
+from mmduet2.model import get_rope_index
 
 TOL = 1e-5
 CFG = preset("toy")
 VS, VE, IMG, VID = CFG.vision_start_token_id, CFG.vision_end_token_id, CFG.image_token_id, CFG.video_token_id
 FRAME = 16  # 112x112 px = 8x8 patches -> 16 merged tokens
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = MMDuet2(CFG).eval()
-    with torch.no_grad():  # larger than the 0.02 init, so positions and masks visibly change the logits
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return m
 
 
 def frames(n, seed):
