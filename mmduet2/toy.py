@@ -113,10 +113,10 @@ def _attributes(rng, target, match):
     return str(rng.choice(colours)), str(rng.choice(shapes))
 
 
-def make_scene(rng, kind):
+def make_scene(rng, kind, durations=DURATIONS):
     """A random scene: first the timeline (per lane: appear / vanish / colour-change times; question times on the
     turn grid), then the looks, each object matching the question in force when it appears with probability 1/2."""
-    duration = int(rng.choice(DURATIONS))
+    duration = int(rng.choice(durations))
     n_questions = 1 if kind == "1qna" else int(rng.integers(2, 4))
     targets = [str(t) for t in rng.choice(list(COLOURS) + SHAPES, size=n_questions, replace=False)]
     timeline = []                                       # (lane, appear, vanish, colour change or None)
@@ -220,12 +220,12 @@ def render(scene, rng):
     return [draw_frame(scene, j / FPS, background) for j in range(scene.duration * FPS)]
 
 
-def make_example(seed, split, i, render_frames=True):
+def make_example(seed, split, i, render_frames=True, durations=DURATIONS):
     """Example i of a split: (scene, rendered frames or None, training-dialogue record). Same arguments, same
     output (the frames are drawn last, so skipping them changes nothing else)."""
     rng = np.random.default_rng([seed, SPLITS[split], i])
     kind = "1qna" if i % 2 == 0 else "nqna"
-    scene = make_scene(rng, kind)
+    scene = make_scene(rng, kind, durations)
     annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene)
     name = f"{split}_{i:05d}"
     record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
@@ -258,14 +258,15 @@ def to_proactive(record):
 # ---------------------------------------------------------------------------------------------------------
 # Export
 
-def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0, log=print):
+def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0, log=print,
+             durations=DURATIONS):
     """Write the whole dataset into `out_dir` (which should be new; ensure_toy_data makes that atomic)."""
     t0, sizes, stats = time.time(), {"train": train, "val": val, "test": test}, {}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     for split, n in sizes.items():
         records = []
         for i in range(n):
-            _, frames, record = make_example(seed, split, i)
+            _, frames, record = make_example(seed, split, i, durations=durations)
             write_video(os.path.join(out_dir, record["video"]), frames, FPS)
             records.append(record)
         with open(os.path.join(out_dir, f"{split}.jsonl"), "w") as f:
@@ -279,7 +280,7 @@ def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"]
                         "immediate_answers": sum(a.get("immediate", False) for r in records for a in r["answers"])}
         if log:
             log(f"{split}: {n} dialogues, {stats[split]}")
-    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "fps": FPS,
+    meta = {"version": VERSION, "seed": seed, "sizes": sizes, "durations": list(durations), "fps": FPS,
             "size": SIZE, "task": TASK, "stats": stats, "seconds": round(time.time() - t0, 1)}
     if log:
         log(f"wrote {sum(sizes.values())} videos in {meta['seconds']} s")
@@ -289,14 +290,20 @@ def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"]
 
 
 def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0,
-                    force=False, log=print):
+                    force=False, log=print, durations=DURATIONS):
     """Generate ShapeWatch into `out_dir` unless it is already there with these settings. Returns out_dir.
 
     The data is written to a temporary sibling folder and renamed into place, so an interrupted run never
     leaves half a dataset. A folder made with other settings is an error unless force=True (then replaced).
+    Other `durations` (seconds, whole turns) make longer videos, e.g. for the bounded cache's evaluation.
     """
     out_dir = os.path.normpath(out_dir)
     want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test}}
+    durations = [int(d) for d in durations]
+    if not durations or any(d % TURN or d < min(DURATIONS) for d in durations):
+        raise ValueError(f"durations {durations}: each must be a whole number of {TURN} s turns and at least "
+                         f"{min(DURATIONS)} s.")
+    want["durations"] = durations
     meta_path = os.path.join(out_dir, "meta.json")
 
     def have():
@@ -304,7 +311,7 @@ def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], 
             return None
         with open(meta_path) as f:
             meta = json.load(f)
-        return {k: meta.get(k) for k in want}
+        return {**{k: meta.get(k) for k in want}, "durations": meta.get("durations", list(DURATIONS))}  # older: default
 
     found = have()
     if found == want and not force:
@@ -316,7 +323,7 @@ def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], 
         log(f"generating ShapeWatch into {out_dir} ({want['sizes']}, seed {seed})")
     try:
         with atomic_path(out_dir) as tmp:
-            generate(tmp, train, val, test, seed, log)
+            generate(tmp, train, val, test, seed, log, durations)
     except OSError:
         if have() != want:                      # another process finishing first is fine, anything else is not
             raise
@@ -330,10 +337,13 @@ def main():
     p.add_argument("--val", type=int, default=SIZES["val"], help="validation dialogues (the 1QnA half selects RL)")
     p.add_argument("--test", type=int, default=SIZES["test"], help="test dialogues (the 1QnA half is the benchmark)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same data")
+    p.add_argument("--durations", type=int, nargs="+", default=list(DURATIONS),
+                   help="video lengths to draw from, seconds (longer videos: the bounded cache's evaluation)")
     p.add_argument("--force", action="store_true", help="replace an existing folder made with other settings")
     args = p.parse_args()
     try:
-        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force)
+        ensure_toy_data(args.out, args.train, args.val, args.test, args.seed, force=args.force,
+                        durations=args.durations)
     except ValueError as e:
         raise SystemExit(str(e))
     with open(os.path.join(args.out, "meta.json")) as f:

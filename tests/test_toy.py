@@ -205,3 +205,28 @@ def test_cli(tmp_path):
     run = subprocess.run([sys.executable, "-m", "mmduet2.toy", "--out", out, "--train", "3"],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "already holds other data" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_long_videos_for_the_bounded_cache(tmp_path):
+    """--durations makes longer videos with more appearances (the bounded cache's evaluation); such a folder is not
+    taken for the default data (nor is a folder made before durations were recorded taken for a long one), and a bad
+    length is one clear error."""
+    out = str(tmp_path / "long")
+    ensure_toy_data(out, train=0, val=0, test=2, durations=[120], log=None)
+    assert json.load(open(os.path.join(out, "meta.json")))["durations"] == [120]
+    records = load_dialogues(os.path.join(out, "test.jsonl"))
+    assert [r["duration"] for r in records] == [120.0, 120.0]
+    assert all(a["reply_timespan"][1] <= 120 for r in records for a in r["answers"])
+    assert len(records[0]["objects"]) > len(make_example(0, "test", 0, render_frames=False)[2]["objects"])
+    assert ensure_toy_data(out, train=0, val=0, test=2, durations=[120], log=None) == out  # already there
+    with pytest.raises(ValueError, match="already holds other data"):
+        ensure_toy_data(out, train=0, val=0, test=2, log=None)
+    meta_path = os.path.join(out, "meta.json")
+    meta = json.load(open(meta_path))
+    del meta["durations"]  # as written before durations were recorded: the default lengths
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match="already holds other data"):
+        ensure_toy_data(out, train=0, val=0, test=2, durations=[120], log=None)
+    assert ensure_toy_data(out, train=0, val=0, test=2, log=None) == out
+    with pytest.raises(ValueError, match="whole number of 4 s turns"):
+        ensure_toy_data(str(tmp_path / "bad"), train=0, val=0, test=2, durations=[121], log=None)
