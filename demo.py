@@ -105,12 +105,9 @@ def main(argv=None):
         write_json(args.replies, replies)
     lost = f", {live.dropped} frames dropped" if args.live else ""
     print(f"{len(replies)} replies in {now:.0f} s of video{lost}; timeline written to {args.timeline}")
-    if args.live:
-        if live.error:
-            print(f"{live.error}; the timeline (and --replies) hold the replies until then.", file=sys.stderr)
-        return 1 if live.error else 0
-    return None
+    if args.live and live.error:
+        sys.exit(f"{live.error}; the timeline (and --replies) hold the replies until then.")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

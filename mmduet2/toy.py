@@ -298,12 +298,12 @@ def ensure_toy_data(out_dir="data/toy", train=SIZES["train"], val=SIZES["val"], 
     Other `durations` (seconds, whole turns) make longer videos, e.g. for the bounded cache's evaluation.
     """
     out_dir = os.path.normpath(out_dir)
-    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test}}
     durations = [int(d) for d in durations]
     if not durations or any(d % TURN or d < min(DURATIONS) for d in durations):
         raise ValueError(f"durations {durations}: each must be a whole number of {TURN} s turns and at least "
                          f"{min(DURATIONS)} s.")
-    want["durations"] = durations
+    want = {"version": VERSION, "seed": seed, "sizes": {"train": train, "val": val, "test": test},
+            "durations": durations}
     meta_path = os.path.join(out_dir, "meta.json")
 
     def have():
