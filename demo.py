@@ -7,21 +7,74 @@
 
 Frames are decoded as the stream reaches them, so a long video costs no more memory than a short one; the KV cache
 grows with the stream unless --window bounds it (docs/scaling.md, "Long streams"). Without --checkpoint the weights
-are random, which only shows the plumbing. With --live the source is sampled by the wall clock (video.LiveFrames):
+are random, which only shows the plumbing. With --live the source is sampled by the wall clock (LiveFrames, below):
 each turn takes the newest frames, and those the model was too slow to see are dropped and counted. Ctrl-C stops the
 demo and still writes the timeline (and --replies).
 """
 import argparse
+import collections
 import itertools
 import sys
+import threading
 import time as _time
+
+import av
 
 from mmduet2.checkpoint import load_checkpoint, write_json
 from mmduet2.data import load_proactive_records
 from mmduet2.plot import draw_timeline
 from mmduet2.stream import StreamConfig, Streamer, random_toy_model
 from mmduet2.training import pick_device
-from mmduet2.video import LiveFrames, VideoError, iter_frames
+from mmduet2.video import EPS, VideoError, iter_frames, video_stream
+
+
+class LiveFrames:
+    """A live source that PyAV opens (a webcam such as /dev/video0 with format="v4l2", an RTSP/HTTP URL, a pipe, a
+    growing file), sampled every `interval` seconds of wall-clock time. A background thread decodes it as it arrives
+    and keeps only the newest `keep` samples, so a consumer that falls behind gets the newest frames, never a backlog.
+    Sample k is the first frame to arrive k * interval seconds or more after the first frame did; a sample that was
+    never taken (the consumer, or the source, fell behind) is counted in `dropped` by `turns`."""
+
+    def __init__(self, source, interval, keep, format=None, options=None):
+        try:
+            self.container = av.open(source, format=format, options=options or {})
+        except av.FFmpegError as e:
+            raise VideoError(f"{source} could not be opened ({e}): check the device or URL, --format and "
+                             "--av-option.") from None
+        self.source, self.interval, self.dropped, self.error = source, interval, 0, None
+        self.samples, self.ended, self.arrived = collections.deque(maxlen=keep), False, threading.Condition()
+        threading.Thread(target=self._decode, args=(video_stream(self.container, source),), daemon=True).start()
+
+    def _decode(self, stream):
+        start, k = None, 0
+        try:
+            for frame in self.container.decode(stream):
+                start = _time.monotonic() if start is None else start
+                due = int((_time.monotonic() - start) / self.interval + EPS)
+                if due > k:  # only sampled frames are converted; the others are decoded and let go
+                    k, rgb = due, frame.to_ndarray(format="rgb24")
+                    with self.arrived:
+                        self.samples.append((k, rgb))
+                        self.arrived.notify()
+        except av.FFmpegError as e:
+            self.error = f"{self.source} stopped decoding ({e})"
+        with self.arrived:
+            self.ended = True
+            self.arrived.notify()
+
+    def turns(self, n):
+        """Yield (the newest `n` frames not yet taken, time stamp of the last), waiting for them; after the source
+        ends, what is left (maybe fewer), then stop. The samples skipped in between are added to `dropped`."""
+        taken = 0  # the number of the last sample taken
+        while True:
+            with self.arrived:
+                self.arrived.wait_for(lambda: self.ended or (self.samples and self.samples[-1][0] >= taken + n))
+                new = [s for s in self.samples if s[0] > taken][-n:]
+            if not new:
+                return
+            self.dropped += new[-1][0] - taken - len(new)
+            taken = new[-1][0]
+            yield [f for _, f in new], taken * self.interval
 
 
 def main(argv=None):

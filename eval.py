@@ -11,18 +11,31 @@ counted; so are failed judgements. The toy benchmark (ShapeWatch) is
 scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint.
 """
 import argparse
+import hashlib
 import os
 import sys
 
 from mmduet2.checkpoint import load_checkpoint, write_json
 from mmduet2.data import load_proactive_records
-from mmduet2.evaluate import checkpoint_id, load_predictions, predict_records, score
-from mmduet2.judges import JudgeError, LLMJudge, RuleJudge
+from mmduet2.evaluate import load_predictions, predict_records, score
+from mmduet2.judges import JudgeError, LLMJudge
 from mmduet2.plot import draw_timeline
 from mmduet2.stream import StreamConfig
 from mmduet2.training import pick_device
+from shapewatch import RuleJudge
 
 TOY = {"sft": "runs/toy/sft", "rl": "runs/toy/rl"}
+
+
+def checkpoint_id(path):
+    """sha256 of a checkpoint directory's config.json and weight files: which model wrote a predictions file."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name == "config.json" or name.endswith(".safetensors"):
+            with open(os.path.join(path, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 23), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def parse_args():

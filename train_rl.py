@@ -36,7 +36,7 @@ from mmduet2.checkpoint import check_resume, load_checkpoint, load_trainer_state
 from mmduet2.data import load_proactive_records
 from mmduet2.dialogue import NO_REPLY
 from mmduet2.evaluate import predict_records, reply_delays, score
-from mmduet2.judges import REWARD_MAX, JudgeError, LLMJudge, RuleJudge, rule_repetition_judge
+from mmduet2.judges import REWARD_MAX, JudgeError, LLMJudge
 from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
 from mmduet2.plot import draw_curves
@@ -44,6 +44,7 @@ from mmduet2.rewards import RewardConfig, proactive_reward, turn_penalties
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
 from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, model_inputs, parse_config,
                               seed_everything)
+from shapewatch import RuleJudge, rule_repetition_judge
 
 
 @dataclass

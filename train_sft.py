@@ -15,6 +15,7 @@ Data parallel: `torchrun --nproc_per_node N train_sft.py ...` gives each process
 --batch-size dialogues (N times the data per step); process 0 logs and saves.
 """
 import json
+import math
 import os
 import sys
 import time
@@ -22,15 +23,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mmduet2.checkpoint import check_resume, check_token_ids, load_trainer_state, save_checkpoint
 from mmduet2.config import preset
 from mmduet2.dialogue import SYSTEM_PROMPT
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
-from mmduet2.toy import CAPTION_QUESTION, caption, ensure_toy_data
-from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, lr_at, model_inputs,
-                              parse_config, seed_everything, sft_loss)
+from mmduet2.training import (CAPTION_QUESTION, Split, autocast, caption_text, collate, init_parallel, loss_positions,
+                              model_inputs, parse_config, seed_everything)
+from shapewatch import ensure_toy_data
 
 
 @dataclass
@@ -57,6 +59,28 @@ class SFTConfig:
     seed: int = 0
     device: str = "auto"              # cpu, cuda or auto
 
+
+
+def sft_loss(logits, batch, positions=None):
+    """Next-token cross-entropy on the positions the loss mask marks (assistant replies and their <|im_end|>).
+    logits (B, T, V) from a full forward, or (B, P, V) at `positions` (from `loss_positions`)."""
+    if positions is None:
+        logits, positions = logits[:, :-1], torch.arange(logits.shape[1] - 1)
+    positions = positions.to(logits.device)
+    target = batch["input_ids"].to(logits.device)[:, positions + 1]
+    mask = batch["loss_mask"].to(logits.device)[:, positions + 1]
+    loss = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")  # (B, P)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def lr_at(step, base_lr, warmup, total, schedule="constant"):
+    """Linear warm-up, then constant or cosine decay to 10 % of the base rate."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return base_lr
 
 
 def main():
@@ -87,7 +111,7 @@ def main():
         for i, r in enumerate(train.records):
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
-                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption(r["objects"], s.time) for s in train.turns(i)]
+                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption_text(r["objects"], s.time) for s in train.turns(i)]
         # trained by process 0 alone, then sent to the others
         tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512) if par.main else None)
 

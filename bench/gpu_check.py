@@ -47,8 +47,8 @@ from mmduet2.lora import apply_lora
 from mmduet2.model import MMDuet2, get_rope_index
 from mmduet2.processor import process_images
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
-from mmduet2.toy import ensure_toy_data
 from mmduet2.training import autocast, loss_positions
+from shapewatch import ensure_toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAME = (224, 448)  # px; at max_pixels = 128 * 28 * 28 it stays this size: 8 x 16 merged tokens

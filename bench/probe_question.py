@@ -16,8 +16,8 @@ import torch
 
 from bench.probe_vision import load_probe
 from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, Turn, render_dialogue
-from mmduet2.toy import COLOURS, SHAPES, question_text
 from mmduet2.training import collate, model_inputs
+from shapewatch import COLOURS, SHAPES, question_text
 
 TARGETS = list(COLOURS) + SHAPES
 

@@ -13,8 +13,8 @@ import os
 import torch
 
 from mmduet2.checkpoint import load_checkpoint
-from mmduet2.toy import COLOURS, SHAPES
 from mmduet2.training import Split, collate, model_inputs
+from shapewatch import COLOURS, SHAPES
 
 
 @torch.no_grad()

@@ -22,12 +22,12 @@ import statistics
 
 import torch
 
-from mmduet2.dialogue import NO_REPLY
-from mmduet2.judges import RuleJudge
-from mmduet2.metrics import proactive_pauc
 from mmduet2.checkpoint import load_checkpoint
+from mmduet2.dialogue import NO_REPLY
+from mmduet2.metrics import proactive_pauc
 from mmduet2.stream import StreamConfig, Streamer
 from mmduet2.video import read_frames
+from shapewatch import RuleJudge
 
 
 class ProbeStreamer(Streamer):

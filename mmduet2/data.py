@@ -134,12 +134,12 @@ def _check_proactive(rec, c):
 def load_dialogues(path):
     """Training dialogues from a JSONL file, checked; `video` is resolved against the file's folder."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: generate it (python -m mmduet2.toy) or fix the path.")
+        raise FileNotFoundError(f"{path} does not exist: generate it (python shapewatch.py) or fix the path.")
     records, folder = [], os.path.dirname(os.path.abspath(path))
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     if not lines:
-        raise ValueError(f"{path} holds no records: write one dialogue per line (python -m mmduet2.toy makes some).")
+        raise ValueError(f"{path} holds no records: write one dialogue per line (python shapewatch.py makes some).")
     for i, (n, line) in enumerate(lines):
         try:
             rec = json.loads(line)
@@ -152,7 +152,7 @@ def load_dialogues(path):
 def load_proactive_records(path):
     """ProactiveVideoQA records (a JSON list), checked; `video` stays relative to the video root."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: generate it (python -m mmduet2.toy) or fix the path.")
+        raise FileNotFoundError(f"{path} does not exist: generate it (python shapewatch.py) or fix the path.")
     with open(path) as f:
         try:
             data = json.load(f)

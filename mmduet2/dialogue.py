@@ -29,6 +29,11 @@ SYSTEM_PROMPT = ("You are a helpful assistant. Your task is to answer questions 
 NO_REPLY = "NO REPLY"  # silence is text, trained like any reply
 
 
+def silent(text):
+    """NO REPLY, an empty reply or none at all: the model said nothing (in every metric and reward term)."""
+    return text is None or text.strip() in ("", NO_REPLY)
+
+
 @dataclass
 class Turn:
     """One user turn and the assistant's answer to it (data.build_turns lays a dialogue record out as these)."""

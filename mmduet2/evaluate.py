@@ -10,7 +10,6 @@ benchmark's scorer, and the failures are counted in the metrics. Each video is s
 `rounds="benchmark"` stops after the last gold reply span, as the benchmark's released inference does
 (`benchmark_frames`).
 """
-import hashlib
 import itertools
 import json
 import math
@@ -20,15 +19,10 @@ import statistics
 import torch
 
 from .checkpoint import write_json
-from .dialogue import NO_REPLY
+from .dialogue import silent
 from .metrics import proactive_pauc
 from .stream import Streamer
 from .video import VideoError, iter_frames, probe_video
-
-
-def silent(text):
-    """NO REPLY, an empty reply or none at all: the model said nothing (in every metric)."""
-    return text is None or text.strip() in ("", NO_REPLY)
 
 
 @torch.no_grad()
@@ -63,17 +57,6 @@ def benchmark_frames(rec, interval):
     fps, duration = 1 / interval, rec["duration"]
     end = max((a["reply_timespan"][1] for a in rec["answer"]), default=duration)
     return max(1, min(int(duration * fps + 1e-6), math.ceil(min(duration, end) * fps - 1e-6)))
-
-
-def checkpoint_id(path):
-    """sha256 of a checkpoint directory's config.json and weight files: which model wrote a predictions file."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        if name == "config.json" or name.endswith(".safetensors"):
-            with open(os.path.join(path, name), "rb") as f:
-                for block in iter(lambda: f.read(1 << 23), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
 
 
 def load_predictions(path):

@@ -1,4 +1,5 @@
-"""Judges that score a reply against a gold answer: a rule judge for the toy benchmark, an LLM judge for real ones.
+"""Judges that score a reply against a gold answer: an LLM judge for real benchmarks (the toy's rule judges are in
+shapewatch.py).
 
 The paper (docs/method.md sections 3-5) asks an LLM behind an OpenAI-compatible chat API for one digit: the
 benchmark's official scorer (GPT-4.1) asks for 1..3 and reads the LAST standalone digit 1..3 of the answer, minus 1
@@ -11,8 +12,7 @@ checks the endpoint before a run starts and `check_failures(max_rate)` stops a r
 Departure from the released code: the 5-level reward rubric asks for 0..4 directly (the released prompt used 1..5,
 minus 1).
 
-`RuleJudge` reads (colour, shape) pairs for ShapeWatch, so the toy trains and evaluates without any server.
-Every judge is a callable; `judge_many` runs a list of requests through `judge.map` when the judge has one.
+Every judge is a callable (shapewatch.RuleJudge is one, for the toy without any server); `judge_many` runs a list of requests through `judge.map` when the judge has one.
 """
 import hashlib
 import http.client
@@ -27,8 +27,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from .toy import VOCAB  # the colour and shape words of ShapeWatch, which the rule judges read
-
 log = logging.getLogger(__name__)
 
 
@@ -36,95 +34,6 @@ def judge_many(judge, requests):
     """[judge(*r) for r in requests], through `judge.map(requests)` when the judge has it (several in flight)."""
     requests = list(requests)
     return list(judge.map(requests)) if hasattr(judge, "map") else [judge(*r) for r in requests]
-
-
-# ---- ShapeWatch rule judge -------------------------------------------------------------------------------
-
-def parse_objects(text):
-    """The (colour, shape) pairs a text names, in order; a colour or shape named alone gives None for the other.
-
-    "A red circle and a blue square appeared." -> [("red", "circle"), ("blue", "square")];
-    "Something green, then triangles." -> [("green", "triangle")]; "Nothing yet." -> [].
-    """
-    pairs, colour = [], None
-    for w in re.findall(r"[a-z]+", text.lower()):
-        if w.endswith("s") and w[:-1] in VOCAB["shapes"]:
-            w = w[:-1]  # plural
-        if w in VOCAB["colours"]:
-            if colour:
-                pairs.append((colour, None))
-            colour = w
-        elif w in VOCAB["shapes"]:
-            pairs.append((colour, w))
-            colour = None
-    if colour:
-        pairs.append((colour, None))
-    return pairs
-
-
-class RuleJudge:
-    """judge(question, gold, reply) -> 0..max_score from the (colour, shape) pairs of gold and reply.
-
-    Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
-    when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
-    With precision=True (the RL reward, which judges each reply alone: docs/method.md section 3.3) the same scoring
-    the other way round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the
-    right one cost what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all
-    ("A red circle appeared. A red square appeared." is partly right). The benchmark
-    judges the accumulated replies of a span (docs/method.md section 4), where an overlapping span's right answer
-    looks like such an extra object, so it keeps precision off. A reply object that contradicts what the question
-    asks about (a blue one for "every time a red shape appears") is ignored and earns nothing: partial credit is for
-    the attribute the question did not ask, so a policy cannot farm it by naming any object at all. (RL found both
-    holes: docs/experiments.md, "Judge and reward holes".)
-    A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
-    Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
-    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
-    reply "A red circle and a red square" -> 2, or with precision min(2, (2 + 1) // 2) = 1.
-    """
-
-    def __init__(self, max_score=2, precision=False):
-        self.max_score, self.precision = max_score, precision
-
-    def __call__(self, question, gold, reply):
-        gold_pairs, reply_pairs = parse_objects(gold), relevant_objects(reply, question)
-        if not gold_pairs:
-            return self.max_score if not reply_pairs else 0
-        if not reply_pairs:
-            return 0
-        recall = self._match(gold_pairs, reply_pairs)
-        return min(recall, self._match(reply_pairs, gold_pairs)) if self.precision else recall
-
-    def _match(self, wanted, offered):
-        """Mean over `wanted` pairs of the score of its best match among `offered`, rounded down."""
-        best = [max((c == wc) + (s == ws) for c, s in offered) for wc, ws in wanted]
-        return sum({2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best) // len(best)
-
-
-def relevant_objects(text, question=None):
-    """The (colour, shape) pairs of `text` that agree with what `question` asks about ("every time a red shape
-    appears": only red ones; a lone "blue" or "circle" says nothing about red shapes and is dropped)."""
-    pairs = parse_objects(text)
-    for qc, qs in parse_objects(question or ""):
-        pairs = [(c, s) for c, s in pairs if (qc is None or c == qc) and (qs is None or s == qs)]
-    return pairs
-
-
-def rule_repetition_judge(previous_text, new_reply, question=None):
-    """True iff new_reply tells nothing about the question that previous_text has not told.
-
-    Every object the reply names that is relevant to the question must be covered by one named before (a lone
-    colour or shape is covered by any earlier object that has it). A reply naming no relevant object ("Nothing
-    yet.", or a stray "A blue" under a question about circles) adds nothing only if its words were already said:
-    the first "Nothing yet." is new, the second a repeat; so "A red circle appeared. A blue" after "A red circle
-    appeared." is a repeat, as the exact repeat is.
-    Example: previous "A red circle appeared.", new "The red circle is still here." -> True;
-    new "A blue circle appeared." -> False (with the question "... a circle ..."; True under "... a red shape ...").
-    """
-    seen, new = relevant_objects(previous_text, question), relevant_objects(new_reply, question)
-    if not new:
-        words = lambda s: " ".join(re.findall(r"[a-z]+", s.lower()))
-        return f" {words(new_reply)} " in f" {words(previous_text)} "
-    return all(any((c is None or c == pc) and (s is None or s == ps) for pc, ps in seen) for c, s in new)
 
 
 # ---- LLM judge over an OpenAI-compatible endpoint ---------------------------------------------------------

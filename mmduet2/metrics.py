@@ -13,7 +13,7 @@ Interpretation choices where docs/method.md leaves room (all documented in `proa
     non-silent replies only;
   - duplicate_ratio is pooled over all gold turns: (sum of duplicate replies) / (sum of replies after the first).
 """
-from .dialogue import NO_REPLY
+from .dialogue import silent
 from .judges import judge_many
 
 
@@ -88,7 +88,7 @@ def proactive_pauc(gold_records, predictions, judge, omega=0.5, max_score=2):
         for i, ans in enumerate(rec["answer"]):
             start, end = ans["reply_timespan"]
             inside = [(p["time"], p["content"]) for p in preds
-                      if start <= p["time"] <= end and p["content"].strip() not in ("", NO_REPLY)]
+                      if start <= p["time"] <= end and not silent(p["content"])]
             accumulated, asks = [], []
             for t, text in inside:
                 if text in accumulated:

@@ -22,7 +22,7 @@ A -> 4, B -> 3, C -> 4; repetition judge: A no, B yes, C no. R = 3*0.807292 + 2*
 import os
 from dataclasses import dataclass, fields
 
-from .dialogue import NO_REPLY
+from .dialogue import silent
 from .judges import REWARD_MAX, judge_many
 from .metrics import pauc_area
 
@@ -52,10 +52,6 @@ class RewardConfig:
         return {"r_" + f.name[2:]: getattr(self, f.name) for f in fields(self) if f.name.startswith("w_")}
 
 
-def _silent(text):
-    return text.strip() in ("", NO_REPLY)  # an empty reply says nothing: silence in every term
-
-
 def _inside(t, answer):
     start, end = answer["reply_timespan"]
     return start <= t <= end
@@ -81,7 +77,7 @@ def r_pauc(turns, answers, sim_judge, cfg=RewardConfig()):
     for j, ans in enumerate(spans):
         seen = []
         for t, text in turns:
-            if _inside(t, ans) and not _silent(text) and text not in seen:
+            if _inside(t, ans) and not silent(text) and text not in seen:
                 seen.append(text)
                 requests.append((ans["question"], ans["content"], text))
                 owners.append((j, t))
@@ -102,7 +98,7 @@ def _repetitions(turns, context_replies, rep_judge, questions=()):
 
     seen, exact, asked, requests = list(context_replies), set(), [], []
     for i, (t, text) in enumerate(turns):
-        if _silent(text):
+        if silent(text):
             continue
         if text in seen:
             exact.add(i)
@@ -132,7 +128,7 @@ def r_rep(turns, answers, context_replies, rep_judge, questions=(), recount_repe
     for ans in _live(turns, answers):
         said = []
         for i, (t, text) in enumerate(turns):
-            if not _inside(t, ans) or _silent(text) or (text in said and not recount_repeats):
+            if not _inside(t, ans) or silent(text) or (text in said and not recount_repeats):
                 continue
             said.append(text)
             if len(said) > 1 and verdict[i] is not None and (recount_repeats or i not in exact):
@@ -150,9 +146,9 @@ def r_out(turns, answers, mode="turns"):
     there gives -1 ("turns") or -1/4 with four replies in all ("replies").
     """
     outside = [text for t, text in turns if not any(_inside(t, a) for a in answers)]
-    n_out = sum(not _silent(text) for text in outside)
+    n_out = sum(not silent(text) for text in outside)
     if mode == "replies":
-        n_replies = sum(not _silent(text) for _, text in turns)
+        n_replies = sum(not silent(text) for _, text in turns)
         return -n_out / n_replies if n_replies else 0.0
     return -n_out / len(outside) if outside else 0.0
 
@@ -168,7 +164,7 @@ def r_pfx(turns, context_replies, prefix_chars=50):
     hits = 0
     for i, (_, text) in enumerate(turns):
         earlier = [x for _, x in turns[:i]] + list(context_replies)
-        if not _silent(text) and any(len(os.path.commonprefix([e, text])) >= prefix_chars for e in earlier):
+        if not silent(text) and any(len(os.path.commonprefix([e, text])) >= prefix_chars for e in earlier):
             hits += 1
     return -hits / len(turns) if turns else 0.0
 
@@ -180,7 +176,7 @@ def turn_penalties(turns, answers, context_replies, rep_judge, questions=()):
     Example: the rollout of docs/method.md section 3.4 -> [0, 0, 0, 0, -1, 0, 0, 0] (t5 repeats the context reply)."""
     turns = sorted(((float(t), text) for t, text in turns), key=lambda x: x[0])
     verdict, _ = _repetitions(turns, context_replies, rep_judge, questions)
-    return [-float(bool(verdict.get(i)) or not _silent(text) and not any(_inside(t, a) for a in answers))
+    return [-float(bool(verdict.get(i)) or not silent(text) and not any(_inside(t, a) for a in answers))
             for i, (t, text) in enumerate(turns)]
 
 

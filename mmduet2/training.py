@@ -1,5 +1,5 @@
 """What train_sft.py and train_rl.py share: loading a split with its frames, batching rendered dialogues, the
-SFT loss, the command line, the learning-rate schedule and data parallelism (checkpoints: checkpoint.py).
+command line, the device and data parallelism (checkpoints: checkpoint.py).
 
 Data parallel: under `torchrun --nproc_per_node N` each process takes its own share of every step's data and
 torch's DistributedDataParallel averages the gradients; process 0 alone logs, validates and saves.
@@ -17,19 +17,28 @@ from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import EPS, build_turns, load_dialogues
 from .dialogue import SYSTEM_PROMPT, render_dialogue
 from .processor import process_images
 from .tokenizer import DEFAULT_SYSTEM_PROMPT
-from .toy import CAPTION_QUESTION, caption as caption_text
 from .video import VideoError, probe_video, read_frames
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Data
+
+CAPTION_QUESTION = "What shapes are on screen now?"
+
+
+def caption_text(objects, t):
+    """What a frame stamped t shows, from a record's `objects` (colour, shape, start, end; ShapeWatch writes them),
+    in the toy's answer vocabulary: "A red circle and a blue square." or "Nothing."."""
+    seen = [f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["start"])
+            if o["start"] <= t < o["end"]]
+    return (" and ".join(seen) + ".").capitalize() if seen else "Nothing."
+
 
 class Split:
     """Training dialogues of one JSONL file, with every video's frames decoded once and kept in memory.
@@ -121,18 +130,6 @@ def loss_positions(loss_mask):
     return loss_mask[:, 1:].any(0).nonzero()[:, 0]
 
 
-def sft_loss(logits, batch, positions=None):
-    """Next-token cross-entropy on the positions the loss mask marks (assistant replies and their <|im_end|>).
-    logits (B, T, V) from a full forward, or (B, P, V) at `positions` (from `loss_positions`)."""
-    if positions is None:
-        logits, positions = logits[:, :-1], torch.arange(logits.shape[1] - 1)
-    positions = positions.to(logits.device)
-    target = batch["input_ids"].to(logits.device)[:, positions + 1]
-    mask = batch["loss_mask"].to(logits.device)[:, positions + 1]
-    loss = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")  # (B, P)
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -171,16 +168,6 @@ def _add_flags(p, cls):
 
 # ---------------------------------------------------------------------------------------------------------
 # Optimisation
-
-def lr_at(step, base_lr, warmup, total, schedule="constant"):
-    """Linear warm-up, then constant or cosine decay to 10 % of the base rate."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    if schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-    return base_lr
-
 
 def autocast(device):
     """bf16 autocast on a GPU, plain float32 on the CPU."""

@@ -12,14 +12,10 @@ decoded frame (a stream whose first pts is not 0 is shifted). A folder of jpg/pn
 its files sorted by name are frames 0, 1, 2, ... shown at i / fps, and `fps` must be given.
 `iter_frames` yields the picked frames as it decodes them (a stream consumer holds only the frames it has not
 used yet), `read_frames` is its list, and `probe_video` checks a video cheaply before a run relies on it.
-`LiveFrames` samples a live source (a webcam, an RTSP/HTTP URL, a pipe) by wall-clock time instead, for the demo.
 """
-import collections
 import itertools
 import math
 import os
-import threading
-import time
 from fractions import Fraction
 
 import av
@@ -62,7 +58,7 @@ def video_duration(path, fps=None):
         return len(_folder_frames(path, fps)) / fps
     try:
         with av.open(path) as container:
-            stream = _video_stream(container, path)
+            stream = video_stream(container, path)
             if stream.duration:
                 return float(stream.duration * stream.time_base)
             if container.duration:
@@ -73,7 +69,7 @@ def video_duration(path, fps=None):
         raise VideoError(f"{path} could not be decoded ({e}): re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
 
 
-def _video_stream(container, path):
+def video_stream(container, path):
     if not container.streams.video:
         raise VideoError(f"{path} has no video stream: point to a file that contains video.")
     return container.streams.video[0]
@@ -127,7 +123,7 @@ def _decode(path, interval):
     k, prev, prev_rgb, t0, t, step = 0, None, None, None, 0.0, 0.0
     try:
         with av.open(path) as container:
-            stream = _video_stream(container, path)
+            stream = video_stream(container, path)
             step = 1 / float(stream.average_rate) if stream.average_rate else 0.0
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -150,55 +146,6 @@ def _decode(path, interval):
     last = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
     for k in range(k + 1, n + 1):
         yield last, k * interval                    # stamps past the last frame's time show the last frame
-
-
-class LiveFrames:
-    """A live source that PyAV opens (a webcam such as /dev/video0 with format="v4l2", an RTSP/HTTP URL, a pipe, a
-    growing file), sampled every `interval` seconds of wall-clock time. A background thread decodes it as it arrives
-    and keeps only the newest `keep` samples, so a consumer that falls behind gets the newest frames, never a backlog.
-    Sample k is the first frame to arrive k * interval seconds or more after the first frame did; a sample that was
-    never taken (the consumer, or the source, fell behind) is counted in `dropped` by `turns`."""
-
-    def __init__(self, source, interval, keep, format=None, options=None):
-        try:
-            self.container = av.open(source, format=format, options=options or {})
-        except av.FFmpegError as e:
-            raise VideoError(f"{source} could not be opened ({e}): check the device or URL, --format and "
-                             "--av-option.") from None
-        self.source, self.interval, self.dropped, self.error = source, interval, 0, None
-        self.samples, self.ended, self.arrived = collections.deque(maxlen=keep), False, threading.Condition()
-        threading.Thread(target=self._decode, args=(_video_stream(self.container, source),), daemon=True).start()
-
-    def _decode(self, stream):
-        start, k = None, 0
-        try:
-            for frame in self.container.decode(stream):
-                start = time.monotonic() if start is None else start
-                due = int((time.monotonic() - start) / self.interval + EPS)
-                if due > k:  # only sampled frames are converted; the others are decoded and let go
-                    k, rgb = due, frame.to_ndarray(format="rgb24")
-                    with self.arrived:
-                        self.samples.append((k, rgb))
-                        self.arrived.notify()
-        except av.FFmpegError as e:
-            self.error = f"{self.source} stopped decoding ({e})"
-        with self.arrived:
-            self.ended = True
-            self.arrived.notify()
-
-    def turns(self, n):
-        """Yield (the newest `n` frames not yet taken, time stamp of the last), waiting for them; after the source
-        ends, what is left (maybe fewer), then stop. The samples skipped in between are added to `dropped`."""
-        taken = 0  # the number of the last sample taken
-        while True:
-            with self.arrived:
-                self.arrived.wait_for(lambda: self.ended or (self.samples and self.samples[-1][0] >= taken + n))
-                new = [s for s in self.samples if s[0] > taken][-n:]
-            if not new:
-                return
-            self.dropped += new[-1][0] - taken - len(new)
-            taken = new[-1][0]
-            yield [f for _, f in new], taken * self.interval
 
 
 def write_video(path, frames, fps):

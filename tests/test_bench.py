@@ -69,7 +69,7 @@ def test_probe_question_counts_every_appearance(tmp_path):
     one-question records (each object matches exactly two of the toy's seven questions: its colour and its shape)."""
     from bench.probe_question import TARGETS, question_gap
     from mmduet2.stream import random_toy_model
-    from mmduet2.toy import ensure_toy_data, question_text
+    from shapewatch import ensure_toy_data, question_text
     from mmduet2.training import Split
     data = ensure_toy_data(str(tmp_path / "data"), train=0, val=4, test=0, log=None)
     split = Split(os.path.join(data, "val.jsonl"), frame_interval=2.0)

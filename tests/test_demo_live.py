@@ -1,5 +1,5 @@
 """The demo on a live source: a writer thread feeds raw frames into a FIFO at a camera's pace, the demo samples them
-by the wall clock (video.LiveFrames) and stops at --seconds, at the source's end, or on Ctrl-C (SIGINT).
+by the wall clock (demo.LiveFrames) and stops at --seconds, at the source's end, or on Ctrl-C (SIGINT).
 
 Timing on a shared CPU is loose, so the tests assert what holds at any speed: replies come with their stream times,
 every sample is either taken or counted as dropped, and the outputs are written whole."""
@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo import main
-from mmduet2.video import LiveFrames
+from demo import LiveFrames, main
 
 QUESTION = "Tell me every time a red shape appears."
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

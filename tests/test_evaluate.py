@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from mmduet2.config import preset
-from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT
-from mmduet2.evaluate import benchmark_frames, predict_records, score, silent, stream_videos, turn_stats
-from mmduet2.judges import RuleJudge
+from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT, silent
+from mmduet2.evaluate import benchmark_frames, predict_records, score, stream_videos, turn_stats
 from mmduet2.model import MMDuet2
 from mmduet2.stream import StreamConfig, Streamer
 from mmduet2.tokenizer import train_toy_tokenizer
 from mmduet2.video import write_video
+from shapewatch import RuleJudge
 
 Q = ["Tell me every time a red shape appears.", "Tell me every time a circle appears."]
 

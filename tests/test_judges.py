@@ -7,9 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mmduet2.judges import (BENCHMARK_RUBRIC, REPETITION_PROMPT, REWARD_RUBRIC, VOCAB, JudgeError, LLMJudge,
-                            RuleJudge, judge_many, parse_objects, parse_score, parse_yes_no, rule_repetition_judge)
+from mmduet2.judges import (BENCHMARK_RUBRIC, REPETITION_PROMPT, REWARD_RUBRIC, JudgeError, LLMJudge, judge_many,
+                            parse_score, parse_yes_no)
 from mmduet2.metrics import proactive_pauc
+from shapewatch import VOCAB, RuleJudge, parse_objects, rule_repetition_judge
 
 
 # ---- rule judge ------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 out by hand)."""
 import pytest
 
-from mmduet2.judges import RuleJudge
 from mmduet2.metrics import pauc_area, proactive_pauc, prune_extra_second
+from shapewatch import RuleJudge
 
 
 @pytest.mark.parametrize("omega, expected", [(0.0, 0.70), (0.5, 0.85), (1.0, 1.00)])

@@ -15,9 +15,10 @@ from mmduet2.config import preset
 from mmduet2.model import MMDuet2
 from mmduet2.rewards import RewardConfig
 from mmduet2.tokenizer import train_toy_tokenizer
-from mmduet2.toy import ensure_toy_data
-from mmduet2.training import Split, collate, loss_positions, model_inputs, parse_config, sft_loss
+from mmduet2.training import Split, collate, loss_positions, model_inputs, parse_config
 from mmduet2.video import write_video
+from shapewatch import ensure_toy_data
+from train_sft import sft_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SFT = ["--steps", "4", "--batch-size", "2", "--eval-every", "2", "--save-every", "2", "--warmup", "1"]

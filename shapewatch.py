@@ -25,23 +25,28 @@ appearances that start before the next question. No appearance starts within the
 answer still open when the next question arrives has both spans cut to end 1 s before it, so every span holds a
 turn. Videos are longer than an RL episode (20-32 s on the toy), so episodes start with context turns.
 
-Timing is exact under the frame convention of video.py: event times are whole seconds, an object is on screen
+The rule judges at the end of this file score a reply and spot a repeat from the (colour, shape) pairs it names,
+so the toy trains and evaluates without a judge server. This file sits beside the programs rather than in the
+package: `mmduet2/` is the method, ShapeWatch is one task to run it on.
+
+Timing is exact under the frame convention of mmduet2/video.py: event times are whole seconds, an object is on screen
 for video times t with appear <= t < vanish, and the frame stamped k s shows time k. So a 1 s sampler sees an
 object first in the frame stamped `appear`, the start of its reply span, and never earlier.
 
-    python -m mmduet2.toy --out data/toy --train 1200 --val 240 --test 240 --seed 0
+    python shapewatch.py --out data/toy --train 1200 --val 240 --test 240 --seed 0
 """
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_path
-from .video import write_video
+from mmduet2.checkpoint import atomic_path
+from mmduet2.video import write_video
 
 VERSION = 6
 SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
@@ -52,7 +57,7 @@ P_FIRST_TURN = 0.3                      # share of events whose span ends within
 BACKGROUND, NOISE = 24, 4.0             # dark grey, std of the (static) background noise
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (40, 90, 255), "yellow": (240, 220, 30)}
 SHAPES = ["circle", "square", "triangle"]
-VOCAB = {"colours": list(COLOURS), "shapes": SHAPES}   # the words the rule judges read (judges.py imports it)
+VOCAB = {"colours": list(COLOURS), "shapes": SHAPES}   # the words the rule judges below read
 SPLITS = {"train": 0, "val": 1, "test": 2}              # folded into each example's seed
 SIZES = {"train": 1200, "val": 240, "test": 240}        # the default dataset (val and test: 120 questions each)
 P_EMPTY = 0.15                          # share of videos where no object is made to match
@@ -237,22 +242,102 @@ def make_example(seed, split, i, render_frames=True, durations=DURATIONS):
     return scene, render(scene, rng) if render_frames else None, record
 
 
-CAPTION_QUESTION = "What shapes are on screen now?"
-
-
-def caption(objects, t):
-    """What a frame stamped t shows, in the answer vocabulary: "A red circle and a blue square." or "Nothing."."""
-    seen = [f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["start"])
-            if o["start"] <= t < o["end"]]
-    return (" and ".join(seen) + ".").capitalize() if seen else "Nothing."
-
-
 def to_proactive(record):
     """A 1QnA training record as a ProactiveVideoQA record (video path relative to the dataset folder)."""
     return {"video": record["video"], "question_id": record["id"], "duration": record["duration"], "task": TASK,
             "conversation": [{"role": "user", "content": record["questions"][0]["text"], "time": 0.0}],
             "answer": [{"role": "assistant", "content": a["content"], "related_timespan": a["related_timespan"],
                         "reply_timespan": a["reply_timespan"]} for a in record["answers"]]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rule judges: score and repetition, read from the (colour, shape) pairs a text names (no server needed)
+
+def parse_objects(text):
+    """The (colour, shape) pairs a text names, in order; a colour or shape named alone gives None for the other.
+
+    "A red circle and a blue square appeared." -> [("red", "circle"), ("blue", "square")];
+    "Something green, then triangles." -> [("green", "triangle")]; "Nothing yet." -> [].
+    """
+    pairs, colour = [], None
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w.endswith("s") and w[:-1] in VOCAB["shapes"]:
+            w = w[:-1]  # plural
+        if w in VOCAB["colours"]:
+            if colour:
+                pairs.append((colour, None))
+            colour = w
+        elif w in VOCAB["shapes"]:
+            pairs.append((colour, w))
+            colour = None
+    if colour:
+        pairs.append((colour, None))
+    return pairs
+
+
+class RuleJudge:
+    """judge(question, gold, reply) -> 0..max_score from the (colour, shape) pairs of gold and reply.
+
+    Per gold pair, the best reply pair scores max_score when colour and shape are both right, max_score // 2
+    when one is, 0 otherwise; several gold pairs (an immediate answer listing objects) average, rounded down.
+    With precision=True (the RL reward, which judges each reply alone: docs/method.md section 3.3) the same scoring
+    the other way round (per reply pair, its best gold pair) caps the result, so wrong objects named beside the
+    right one cost what a wrong claim costs: a policy that cannot tell the shape gains nothing by listing them all
+    ("A red circle appeared. A red square appeared." is partly right). The benchmark
+    judges the accumulated replies of a span (docs/method.md section 4), where an overlapping span's right answer
+    looks like such an extra object, so it keeps precision off. A reply object that contradicts what the question
+    asks about (a blue one for "every time a red shape appears") is ignored and earns nothing: partial credit is for
+    the attribute the question did not ask, so a policy cannot farm it by naming any object at all. (RL found both
+    holes: docs/experiments.md, "Judge and reward holes".)
+    A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
+    Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
+    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
+    reply "A red circle and a red square" -> 2, or with precision min(2, (2 + 1) // 2) = 1.
+    """
+
+    def __init__(self, max_score=2, precision=False):
+        self.max_score, self.precision = max_score, precision
+
+    def __call__(self, question, gold, reply):
+        gold_pairs, reply_pairs = parse_objects(gold), relevant_objects(reply, question)
+        if not gold_pairs:
+            return self.max_score if not reply_pairs else 0
+        if not reply_pairs:
+            return 0
+        recall = self._match(gold_pairs, reply_pairs)
+        return min(recall, self._match(reply_pairs, gold_pairs)) if self.precision else recall
+
+    def _match(self, wanted, offered):
+        """Mean over `wanted` pairs of the score of its best match among `offered`, rounded down."""
+        best = [max((c == wc) + (s == ws) for c, s in offered) for wc, ws in wanted]
+        return sum({2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best) // len(best)
+
+
+def relevant_objects(text, question=None):
+    """The (colour, shape) pairs of `text` that agree with what `question` asks about ("every time a red shape
+    appears": only red ones; a lone "blue" or "circle" says nothing about red shapes and is dropped)."""
+    pairs = parse_objects(text)
+    for qc, qs in parse_objects(question or ""):
+        pairs = [(c, s) for c, s in pairs if (qc is None or c == qc) and (qs is None or s == qs)]
+    return pairs
+
+
+def rule_repetition_judge(previous_text, new_reply, question=None):
+    """True iff new_reply tells nothing about the question that previous_text has not told.
+
+    Every object the reply names that is relevant to the question must be covered by one named before (a lone
+    colour or shape is covered by any earlier object that has it). A reply naming no relevant object ("Nothing
+    yet.", or a stray "A blue" under a question about circles) adds nothing only if its words were already said:
+    the first "Nothing yet." is new, the second a repeat; so "A red circle appeared. A blue" after "A red circle
+    appeared." is a repeat, as the exact repeat is.
+    Example: previous "A red circle appeared.", new "The red circle is still here." -> True;
+    new "A blue circle appeared." -> False (with the question "... a circle ..."; True under "... a red shape ...").
+    """
+    seen, new = relevant_objects(previous_text, question), relevant_objects(new_reply, question)
+    if not new:
+        words = lambda s: " ".join(re.findall(r"[a-z]+", s.lower()))
+        return f" {words(new_reply)} " in f" {words(previous_text)} "
+    return all(any((c is None or c == pc) and (s is None or s == ps) for pc, ps in seen) for c, s in new)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,16 +7,16 @@ import sys
 import numpy as np
 import pytest
 
-from mmduet2 import toy
+import shapewatch
 from mmduet2.data import build_turns, load_dialogues, load_proactive_records
-from mmduet2.toy import COLOURS, FPS, SIZE, ensure_toy_data, make_example, make_scene
 from mmduet2.video import read_frames, write_video
+from shapewatch import COLOURS, FPS, SIZE, ensure_toy_data, make_example, make_scene
 
 
 def test_the_rule_judge_reads_every_toy_object():
-    from mmduet2.judges import parse_objects
+    from shapewatch import parse_objects
     for colour in COLOURS:
-        for shape in toy.SHAPES:
+        for shape in shapewatch.SHAPES:
             assert parse_objects(f"A {colour} {shape} appeared. {shape.title()}s!") == [(colour, shape), (None, shape)]
 
 
@@ -60,7 +60,7 @@ def test_evidence_never_precedes_reply_span(tmp_path, i):
             if colour:
                 assert close(centre_colour(frame, obj, t), COLOURS[colour]), (k, obj)
             elif not lane_busy:
-                assert close(centre_colour(frame, obj, t), (toy.BACKGROUND,) * 3, tol=15), (k, obj)
+                assert close(centre_colour(frame, obj, t), (shapewatch.BACKGROUND,) * 3, tol=15), (k, obj)
     for ans in rec["answers"]:
         if ans.get("immediate"):
             continue
@@ -82,28 +82,29 @@ def test_gold_rules_and_balance():
     for i in range(200):
         kind = "1qna" if i % 2 == 0 else "nqna"
         scene = make_scene(np.random.default_rng([5, 0, i]), kind)
-        toy.annotate(np.random.default_rng([5, 0, i, 1]), scene)
+        shapewatch.annotate(np.random.default_rng([5, 0, i, 1]), scene)
         d, qs = scene.duration, scene.questions
-        assert d in toy.DURATIONS and qs[0][0] == 0 and (len(qs) == 1) == (kind == "1qna") and len(qs) <= 3
+        assert d in shapewatch.DURATIONS and qs[0][0] == 0 and (len(qs) == 1) == (kind == "1qna") and len(qs) <= 3
         for t in np.arange(0, d, 1 / FPS):
             assert sum(o.colour_at(t) is not None for o in scene.objects) <= 2
         for o in scene.objects:
             life = o.segments[-1].end - o.segments[0].start
-            assert (toy.LIFE[0] <= life <= toy.LIFE[1] or o.segments[-1].end == d) and o.segments[0].start >= 1
+            lo, hi = shapewatch.LIFE
+            assert (lo <= life <= hi or o.segments[-1].end == d) and o.segments[0].start >= 1
             assert all(b.start == a.end and b.colour != a.colour for a, b in zip(o.segments, o.segments[1:]))
             for p in (o.p0, o.p1):
                 assert o.size / 2 <= min(p) and max(p) <= SIZE - o.size / 2
         # questions on the turn grid, >= 3 turns apart, and no appearance within the turn before one
         starts = [g.start for o in scene.objects for g in o.segments]
-        assert all(q % toy.TURN == 0 and q - p >= 3 * toy.TURN for (p, _), (q, _) in zip(qs, qs[1:]))
-        assert not any(q - toy.TURN < s < q for q, _ in qs[1:] for s in starts)
-        answers = toy._gold(scene)
-        turn_times = range(toy.TURN, d + 1, toy.TURN)
+        assert all(q % shapewatch.TURN == 0 and q - p >= 3 * shapewatch.TURN for (p, _), (q, _) in zip(qs, qs[1:]))
+        assert not any(q - shapewatch.TURN < s < q for q, _ in qs[1:] for s in starts)
+        answers = shapewatch._gold(scene)
+        turn_times = range(shapewatch.TURN, d + 1, shapewatch.TURN)
         for a in answers:                         # every span holds a turn of the toy's 4 s grid
             s, e = a["reply_timespan"]
             assert sum(s <= t <= e for t in turn_times) >= 1, a
             if a.get("immediate"):
-                assert s % toy.TURN == 0 and e == s + 1
+                assert s % shapewatch.TURN == 0 and e == s + 1
             else:
                 turns_per_span.append(sum(s <= t <= e for t in turn_times))
         gold = [a for a in answers if not a.get("immediate")]
@@ -114,11 +115,11 @@ def test_gold_rules_and_balance():
             _, colour, shape, _ = a["content"].split()
             segs = [g for o in scene.objects for g in o.segments if (g.start, g.colour, o.shape) == (s, colour, shape)]
             assert any(e == min(g.event_end, q_next - 1) for g in segs)   # two lanes may show the same thing
-            assert colour in COLOURS and shape in toy.SHAPES and qs[a["question"]][1] in (colour, shape)
+            assert colour in COLOURS and shape in shapewatch.SHAPES and qs[a["question"]][1] in (colour, shape)
         for g in (g for o in scene.objects for g in o.segments):   # a span's last turn: the 1st or 2nd showing it
-            first = -(-g.start // toy.TURN) * toy.TURN
-            assert max(g.start, first - 1) <= g.event_end <= first + toy.TURN
-            first_turn_ends.append(g.event_end + 1 < first + toy.TURN)
+            first = -(-g.start // shapewatch.TURN) * shapewatch.TURN
+            assert max(g.start, first - 1) <= g.event_end <= first + shapewatch.TURN
+            first_turn_ends.append(g.event_end + 1 < first + shapewatch.TURN)
         n_answers.append(len(gold))
         if kind == "1qna":
             n_objects += sum(len(o.segments) for o in scene.objects)
@@ -132,12 +133,12 @@ def test_gold_rules_and_balance():
 def test_late_answers_cost_pauc():
     """The timing the toy leaves to learn: gold answers on every span's last turn score >= 15 PAUC points below
     the same answers on its first turn (4 s turns, the benchmark's judge)."""
-    from mmduet2.judges import RuleJudge
+    from shapewatch import RuleJudge
     from mmduet2.metrics import proactive_pauc
-    records = [toy.to_proactive(make_example(0, "test", i, render_frames=False)[2]) for i in range(0, 120, 2)]
+    records = [shapewatch.to_proactive(make_example(0, "test", i, render_frames=False)[2]) for i in range(0, 120, 2)]
     preds = {"first": {}, "last": {}}
     for r in records:
-        turn_times = range(toy.TURN, int(r["duration"]) + 1, toy.TURN)
+        turn_times = range(shapewatch.TURN, int(r["duration"]) + 1, shapewatch.TURN)
         for name, pick in (("first", 0), ("last", -1)):
             preds[name][r["question_id"]] = [
                 {"time": [t for t in turn_times if a["reply_timespan"][0] <= t <= a["reply_timespan"][1]][pick],
@@ -180,7 +181,7 @@ def test_ensure_toy_data_is_atomic_and_idempotent(tmp_path, monkeypatch):
     for name in ["train.jsonl", "test_proactive.json", "videos/test_00001.mp4"]:
         assert open(os.path.join(out, name), "rb").read() == open(os.path.join(again, name), "rb").read()
     # present with the same settings: nothing is regenerated
-    monkeypatch.setattr(toy, "generate", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(shapewatch, "generate", lambda *a, **k: pytest.fail("regenerated"))
     ensure_toy_data(out, **sizes, log=None)
     with pytest.raises(ValueError, match="toy already holds other data.*delete it"):
         ensure_toy_data(out, train=5, val=2, test=4, seed=3, log=None)
@@ -188,7 +189,7 @@ def test_ensure_toy_data_is_atomic_and_idempotent(tmp_path, monkeypatch):
     def interrupted(tmp, *a, **k):                  # a crash mid-generation leaves nothing behind
         os.makedirs(os.path.join(tmp, "videos"))
         raise KeyboardInterrupt
-    monkeypatch.setattr(toy, "generate", interrupted)
+    monkeypatch.setattr(shapewatch, "generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_toy_data(str(tmp_path / "fresh"), **sizes, log=None)
     with pytest.raises(KeyboardInterrupt):
@@ -198,11 +199,11 @@ def test_ensure_toy_data_is_atomic_and_idempotent(tmp_path, monkeypatch):
 
 def test_cli(tmp_path):
     out = str(tmp_path / "cli")
-    run = subprocess.run([sys.executable, "-m", "mmduet2.toy", "--out", out, "--train", "2", "--val", "2",
+    run = subprocess.run([sys.executable, "shapewatch.py", "--out", out, "--train", "2", "--val", "2",
                           "--test", "2", "--seed", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.load(open(os.path.join(out, "meta.json")))["sizes"] == {"train": 2, "val": 2, "test": 2}
-    run = subprocess.run([sys.executable, "-m", "mmduet2.toy", "--out", out, "--train", "3"],
+    run = subprocess.run([sys.executable, "shapewatch.py", "--out", out, "--train", "3"],
                          capture_output=True, text=True)
     assert run.returncode != 0 and "already holds other data" in run.stderr and "Traceback" not in run.stderr
 
