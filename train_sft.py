@@ -111,7 +111,8 @@ def main():
         for i, r in enumerate(train.records):
             texts += [SYSTEM_PROMPT] + [s.reply for s in train.turns(i)] + [q["text"] for q in r["questions"]]
             if "objects" in r:
-                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION] + [caption_text(r["objects"], s.time) for s in train.turns(i)]
+                texts += [DEFAULT_SYSTEM_PROMPT, CAPTION_QUESTION]
+                texts += [caption_text(r["objects"], s.time) for s in train.turns(i)]
         # trained by process 0 alone, then sent to the others
         tok = par.from_main(train_toy_tokenizer(texts, vocab_size=512) if par.main else None)
 

@@ -12,7 +12,8 @@ checks the endpoint before a run starts and `check_failures(max_rate)` stops a r
 Departure from the released code: the 5-level reward rubric asks for 0..4 directly (the released prompt used 1..5,
 minus 1).
 
-Every judge is a callable (shapewatch.RuleJudge is one, for the toy without any server); `judge_many` runs a list of requests through `judge.map` when the judge has one.
+Every judge is a callable (shapewatch.RuleJudge is one, for the toy without any server); `judge_many` runs a list
+of requests through `judge.map` when the judge has one.
 """
 import hashlib
 import http.client
