@@ -88,3 +88,38 @@ def test_bench_bounded_tiny():
     (full_early, full_end), (bounded_early, bounded_end) = [[int(c) for c in row(out, f"{m:>8}")[:2]]
                                                             for m in ("full", "bounded")]
     assert bounded_early == bounded_end < full_early < full_end
+
+
+def test_credit_classes_turns_against_the_gold_spans():
+    """bench.credit's turn classes on a hand-made trajectory: each class once, and a reply is first in its span
+    only until the trajectory has answered that span."""
+    from bench.credit import CLASSES, turn_classes
+    from shapewatch import RuleJudge
+    q = "Tell me every time a red shape appears."
+    answers = [{"reply_timespan": [4, 9], "content": "A red circle appeared.", "question": q},
+               {"reply_timespan": [20, 21], "content": "A red square appeared.", "question": q},
+               {"reply_timespan": [28, 29], "content": "A red square appeared.", "question": q}]
+    turns = [(4, "A red circle appeared."), (8, "A red circle appeared."), (12, "A blue square appeared."),
+             (16, "NO REPLY"), (20, "NO REPLY"), (24, "NO REPLY"), (28, "A red triangle appeared.")]
+    kinds = turn_classes(turns, answers, RuleJudge(max_score=4, precision=True), 4)
+    assert kinds == ["reply, first in span, right", "reply again in span", "reply outside every span",
+                     "silent elsewhere", "silent, span due", "silent elsewhere", "reply, first in span, wrong"]
+    assert set(kinds) == set(CLASSES)
+
+
+def test_credit_on_a_random_model_sums_to_zero(tmp_path):
+    """bench.credit plays real rollouts (a random toy model): every rollout counted, every played turn classed,
+    and the advantages of reply and silent turns cancel (a group's rollouts play the same turns)."""
+    import train_rl
+    from bench.credit import credit
+    from mmduet2.stream import random_toy_model
+    from mmduet2.training import Split
+    from shapewatch import ensure_toy_data
+    data = ensure_toy_data(str(tmp_path / "data"), train=3, val=0, test=0, log=None)
+    cfg = train_rl.RLConfig(data=data, prompts_per_step=2, group_size=3, max_new_tokens=4)
+    split = Split(os.path.join(data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
+    model, tok = random_toy_model("A red circle appeared. Nothing yet. Tell me every time a red shape appears.")
+    table, by_replies = credit(model, tok, split, cfg, train_rl.make_judges(cfg), steps=2)
+    assert sum(map(len, by_replies.values())) == 2 * 2 * 3
+    assert sum(n for n, _ in table.values()) >= 2 * 2 * 3 * 5    # episodes of 20-32 s: 5-8 turns of 4 s
+    assert abs(sum(s for _, s in table.values())) < 1e-4
