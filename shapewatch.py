@@ -275,6 +275,15 @@ def parse_objects(text):
     return pairs
 
 
+def relevant_objects(text, question=None):
+    """The (colour, shape) pairs of `text` that agree with what `question` asks about ("every time a red shape
+    appears": only red ones; a lone "blue" or "circle" says nothing about red shapes and is dropped)."""
+    pairs = parse_objects(text)
+    for qc, qs in parse_objects(question or ""):
+        pairs = [(c, s) for c, s in pairs if (qc is None or c == qc) and (qs is None or s == qs)]
+    return pairs
+
+
 class RuleJudge:
     """judge(question, gold, reply) -> 0..max_score from the (colour, shape) pairs of gold and reply.
 
@@ -311,15 +320,6 @@ class RuleJudge:
         """Mean over `wanted` pairs of the score of its best match among `offered`, rounded down."""
         best = [max((c == wc) + (s == ws) for c, s in offered) for wc, ws in wanted]
         return sum({2: self.max_score, 1: self.max_score // 2, 0: 0}[b] for b in best) // len(best)
-
-
-def relevant_objects(text, question=None):
-    """The (colour, shape) pairs of `text` that agree with what `question` asks about ("every time a red shape
-    appears": only red ones; a lone "blue" or "circle" says nothing about red shapes and is dropped)."""
-    pairs = parse_objects(text)
-    for qc, qs in parse_objects(question or ""):
-        pairs = [(c, s) for c, s in pairs if (qc is None or c == qc) and (qs is None or s == qs)]
-    return pairs
 
 
 def rule_repetition_judge(previous_text, new_reply, question=None):

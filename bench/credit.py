@@ -1,12 +1,14 @@
 """Where does the RL update's credit land, turn by turn? The rollouts of train_rl.py's first steps, without an update.
 
 Plays the rollouts of `--steps` RL steps from a checkpoint (the same prompts, episode windows and sampling as
-train_rl.py with the same flags and seed), computes the paper's group advantages, gives every played turn its
+train_rl.py with its default settings and the same seed), computes the paper's group advantages, gives every played turn its
 trajectory's advantage A and classes the turn against the window's gold spans:
 
-    reply, first in span, right   the first reply inside a gold span, naming the gold object (the reward's judge)
+    reply, first in span, right   the first reply inside a gold span, naming its gold object (the reward's judge;
+                                  where spans overlap, the gold object of any span it is the first reply in)
     reply, first in span, wrong   the same, naming another object
-    reply again in span           a reply inside a span that this trajectory has already answered
+    reply again in span           a reply inside spans that this trajectory has all replied in already (rightly
+                                  or not: a span counts as answered from its first reply on)
     reply outside every span
     silent, span due              NO REPLY while a span is open and not yet answered
     silent elsewhere
@@ -29,7 +31,7 @@ import train_rl
 from mmduet2 import grpo
 from mmduet2.checkpoint import load_checkpoint
 from mmduet2.dialogue import silent
-from mmduet2.training import Split
+from mmduet2.training import Split, autocast, pick_device
 
 CLASSES = ("reply, first in span, right", "reply, first in span, wrong", "reply again in span",
            "reply outside every span", "silent, span due", "silent elsewhere")
@@ -47,9 +49,8 @@ def turn_classes(turns, answers, judge, max_score):
             out.append("reply outside every span")
         elif not due:
             out.append("reply again in span")
-        else:
-            a = answers[due[0]]
-            right = judge(a["question"], a["content"], text) >= max_score
+        else:  # right if it names the gold object of any span it is the first reply in (spans may overlap)
+            right = any(judge(answers[j]["question"], answers[j]["content"], text) >= max_score for j in due)
             out.append("reply, first in span, " + ("right" if right else "wrong"))
             answered.update(due)
     return out
@@ -62,7 +63,7 @@ def credit(model, tok, split, cfg, judges, steps):
     for step in range(steps):
         rng = np.random.default_rng([cfg.seed, step])  # as train_rl.py draws a step's prompts and samples
         prompts = rng.choice(len(split), size=cfg.prompts_per_step, replace=len(split) < cfg.prompts_per_step)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(model.device):  # as train_rl.py rolls out (bf16 on a GPU)
             episodes = train_rl.rollout(model, tok, split, [int(i) for i in prompts], rng, cfg, judges)
         adv = grpo.group_advantages(torch.tensor([ep.reward for ep in episodes]), cfg.group_size,
                                     normalize_std=cfg.normalize_std)
@@ -82,11 +83,12 @@ def main():
     p.add_argument("--steps", type=int, default=5, help="RL steps whose rollouts are played")
     p.add_argument("--temperature", type=float, default=train_rl.RLConfig.temperature)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     args = p.parse_args()
     cfg = train_rl.RLConfig(sft=args.sft, data=args.data, temperature=args.temperature, seed=args.seed)
     torch.manual_seed(args.seed)
     split = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
-    model, tok = load_checkpoint(cfg.sft)
+    model, tok = load_checkpoint(cfg.sft, device=pick_device(args.device))
     table, by_replies = credit(model, tok, split, cfg, train_rl.make_judges(cfg), args.steps)
     print(f"{args.sft}, temperature {args.temperature}: {sum(map(len, by_replies.values()))} rollouts of "
           f"{args.steps} steps")

@@ -6,7 +6,7 @@ visual tokens, a question, a few decoded tokens). Prints each phase's seconds an
     python -m bench.presets_roundtrip --tiny     # the same code path on the toy config (tests/test_bench.py)
 
 Not for CI at full size: the model and its reloaded copy are held together for the comparison, so the peak is about
-twice the weights plus one shard being serialised (qwen2.5-vl-3b: 7.5 GB of bf16 weights, so ~17 GB; 7B ~35 GB).
+twice the weights (qwen2.5-vl-3b: 7.5 GB of bf16 weights, 15.8 GB peak RSS measured, docs/scaling.md; 7B ~35 GB).
 Without --tokenizer (a folder with a Qwen2.5-VL tokenizer.json, e.g. written by make_qwen_tokenizer.py) the turn is
 tokenised by a toy tokenizer whose special-token ids the config adopts; every shape stays the preset's.
 """

@@ -105,6 +105,11 @@ def test_credit_classes_turns_against_the_gold_spans():
     assert kinds == ["reply, first in span, right", "reply again in span", "reply outside every span",
                      "silent elsewhere", "silent, span due", "silent elsewhere", "reply, first in span, wrong"]
     assert set(kinds) == set(CLASSES)
+    overlapping = [{"reply_timespan": [4, 9], "content": "A red circle appeared.", "question": q},
+                   {"reply_timespan": [6, 13], "content": "A red square appeared.", "question": q}]
+    kinds = turn_classes([(8, "A red square appeared."), (12, "A red square appeared.")], overlapping,
+                         RuleJudge(max_score=4, precision=True), 4)
+    assert kinds == ["reply, first in span, right", "reply again in span"]  # the second open span's object
 
 
 def test_credit_on_a_random_model_sums_to_zero(tmp_path):

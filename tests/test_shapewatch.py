@@ -12,6 +12,8 @@ from mmduet2.data import build_turns, load_dialogues, load_proactive_records
 from mmduet2.video import read_frames, write_video
 from shapewatch import COLOURS, FPS, SIZE, ensure_toy_data, make_example, make_scene
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_the_rule_judge_reads_every_toy_object():
     from shapewatch import parse_objects
@@ -199,12 +201,12 @@ def test_ensure_toy_data_is_atomic_and_idempotent(tmp_path, monkeypatch):
 
 def test_cli(tmp_path):
     out = str(tmp_path / "cli")
-    run = subprocess.run([sys.executable, "shapewatch.py", "--out", out, "--train", "2", "--val", "2",
-                          "--test", "2", "--seed", "1"], capture_output=True, text=True)
+    cli = [sys.executable, os.path.join(ROOT, "shapewatch.py")]
+    run = subprocess.run(cli + ["--out", out, "--train", "2", "--val", "2", "--test", "2", "--seed", "1"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.load(open(os.path.join(out, "meta.json")))["sizes"] == {"train": 2, "val": 2, "test": 2}
-    run = subprocess.run([sys.executable, "shapewatch.py", "--out", out, "--train", "3"],
-                         capture_output=True, text=True)
+    run = subprocess.run(cli + ["--out", out, "--train", "3"], capture_output=True, text=True)
     assert run.returncode != 0 and "already holds other data" in run.stderr and "Traceback" not in run.stderr
 
 
