@@ -1,8 +1,8 @@
 """Where does the RL update's credit land, turn by turn? The rollouts of train_rl.py's first steps, without an update.
 
 Plays the rollouts of `--steps` RL steps from a checkpoint (the same prompts, episode windows and sampling as
-train_rl.py with its default settings and the same seed), computes the paper's group advantages, gives every played turn its
-trajectory's advantage A and classes the turn against the window's gold spans:
+train_rl.py with its default settings and the same seed), computes the paper's group advantages, gives every
+played turn its trajectory's advantage A and classes the turn against the window's gold spans:
 
     reply, first in span, right   the first reply inside a gold span, naming its gold object (the reward's judge;
                                   where spans overlap, the gold object of any span it is the first reply in)
