@@ -8,7 +8,9 @@ Writes OUT/predictions.jsonl (one line per example, appended as it goes so an in
 provenance, the checkpoint and stream settings, in predictions.jsonl.meta.json), OUT/metrics.json, timeline PNGs
 for a few examples, and prints a table. Every gold turn is scored: a video that fails scores as silence and is
 counted; so are failed judgements. The toy benchmark (ShapeWatch) is
-scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint.
+scored with the rule judge; real benchmarks with an LLM judge behind an OpenAI-compatible endpoint. A real
+benchmark's video stops after its last gold reply span, as ProactiveVideoQA's released inference does; ShapeWatch
+videos play to their end (`--rounds` picks either).
 """
 import argparse
 import hashlib
@@ -61,10 +63,10 @@ def parse_args():
     p.add_argument("--frames-per-turn", type=int, default=2, help="frames per user turn")
     p.add_argument("--max-new-tokens", type=int, default=100, help="cap on tokens per reply")
     p.add_argument("--batch-size", type=int, default=16, help="videos streamed side by side (rows of one batch)")
-    p.add_argument("--rounds", choices=["full", "benchmark"], default="full",
-                   help="full: stream every video to its end (default; the toy figures were measured so); benchmark: "
-                        "stop after the last gold reply span, as ProactiveVideoQA's released inference (same scores "
-                        "inside the spans, less time on long videos)")
+    p.add_argument("--rounds", choices=["full", "benchmark"],
+                   help="benchmark: stop after the last gold reply span, as ProactiveVideoQA's released inference "
+                        "(same scores inside the spans, less time on long videos; the default), full: stream every "
+                        "video to its end (the default on ShapeWatch, whose figures were measured so)")
     p.add_argument("--window", type=float, default=0.0,
                    help="bounded KV cache for long videos: seconds of frames kept (0 = keep everything, the paper)")
     p.add_argument("--text-budget", type=int, default=512,
@@ -107,6 +109,7 @@ def main():
         runs = TOY
     # The toy is evaluated at its training rate: at 1 s per frame the tiny SFT model repeats itself (docs).
     interval = args.frame_interval if args.frame_interval is not None else 2.0 if shapewatch else 1.0
+    rounds = args.rounds or ("full" if shapewatch else "benchmark")
     try:
         cfg = StreamConfig(args.frames_per_turn, interval, args.max_new_tokens, keep_pixels=False, window=args.window,
                            text_budget=args.text_budget)
@@ -126,7 +129,7 @@ def main():
             try:
                 preds, failed = predict_records(
                     model, tok, records, args.video_root, cfg, pred_path=os.path.join(out, "predictions.jsonl"),
-                    batch_size=args.batch_size, fresh=args.fresh, rounds=args.rounds,
+                    batch_size=args.batch_size, fresh=args.fresh, rounds=rounds,
                     provenance={"checkpoint": os.path.abspath(path), "checkpoint_id": checkpoint_id(path),
                                 "gold": os.path.abspath(args.gold)})
             except ValueError as e:

@@ -165,3 +165,29 @@ def test_reply_delays_by_hand():
     turns = [(4, "A red circle."), (6, "NO REPLY"), (8, "Again.")]
     assert reply_delays([[2, 6], [10, 12]], turns) == [2]          # the second span holds no reply
     assert reply_delays([[0, 4], [4, 8]], [(3, " "), *turns]) == [4, 0]  # blank is silence; one reply, two spans
+
+
+def test_eval_plays_the_benchmarks_rounds_by_default_off_shapewatch(model_tok, tmp_path):
+    """eval.py stops a ProactiveVideoQA video after its last gold span unless --rounds full (ShapeWatch records
+    default to full, as the toy figures were measured); the choice is in the predictions' provenance."""
+    import os
+    import subprocess
+    import sys
+    from mmduet2.checkpoint import save_checkpoint
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model, tok = model_tok
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(str(ckpt), MMDuet2(model.config), tok, torch.optim.SGD([torch.zeros(1)], lr=0.1), 0, {})
+    gold = tmp_path / "gold.json"
+    for task, flags, want in ((None, [], "benchmark"), (None, ["--rounds", "full"], None),
+                              ("shapewatch", [], None)):
+        recs = [dict(r, **({"task": task} if task else {})) for r in records(tmp_path, 1)]
+        gold.write_text(json.dumps(recs))
+        out = tmp_path / f"out_{task}_{len(flags)}"
+        run = subprocess.run([sys.executable, os.path.join(root, "eval.py"), "--gold", str(gold), "--video-root",
+                              str(tmp_path), "--checkpoint", str(ckpt), "--out", str(out), "--judge", "rule",
+                              "--frame-interval", "1", "--max-new-tokens", "2", "--timelines", "0", *flags],
+                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root), timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        meta = json.loads((out / "ckpt" / "predictions.jsonl.meta.json").read_text())
+        assert meta.get("rounds") == want, (task, flags, meta)
