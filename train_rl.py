@@ -75,6 +75,7 @@ class RLConfig:
     loss_agg: str = "traj_token_mean"  # traj_token_mean | token_mean | seq_sum
     adv_per_term: bool = False         # not the paper's: normalise each reward term in its group, then weight
     turn_credit: float = 0.0           # not the paper's: extra advantage -C on a repeating or off-span turn's tokens
+    centre_decisions: bool = False     # not the paper's: each turn's decision token's advantage centred per class
     # the reward: each field of RewardConfig (mmduet2/rewards.py) is a flag of its own (--w-rep 0, --out-mode replies)
     reward: RewardConfig = field(default_factory=RewardConfig)
     judge: str = "rule"                # rule | llm
@@ -270,6 +271,8 @@ def main():
     # ---- data -------------------------------------------------------------------------------------------
     train = Split(os.path.join(cfg.data, "train.jsonl"), cfg.frames_per_turn, cfg.frame_interval)
     val_records = load_proactive_records(os.path.join(cfg.data, "val_proactive.json"))[:cfg.eval_examples or None]
+    if cfg.centre_decisions and cfg.turn_credit:
+        sys.exit("--centre-decisions and --turn-credit each set a per-token credit; choose one.")
     if cfg.select not in ("reward", "pauc"):
         sys.exit(f"--select {cfg.select!r}: choose reward (the val RL reward) or pauc (val PAUC).")
 
@@ -334,6 +337,10 @@ def main():
             adv = grpo.term_advantages(comps, list(weights.values()), cfg.group_size, cfg.normalize_std)
         else:
             adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
+        token_adv = None  # (N, T) when the credit differs along a trajectory
+        if cfg.centre_decisions:
+            token_adv = grpo.decision_centred_advantages(adv, [ep.input_ids for ep in episodes],
+                                                         [ep.sampled_mask for ep in episodes], tok.encode(NO_REPLY)[0])
         keep = torch.ones(len(episodes), dtype=torch.bool)
         if cfg.skip_constant_groups:
             keep = ~grpo.constant_group_mask(rewards, cfg.group_size)
@@ -360,9 +367,13 @@ def main():
                             ref_logp = sampled_logprobs(ref, inputs, mask, cfg, banned)
                 # One on-policy update per batch (docs/method.md 3.2): the old policy is this one, so every ratio is
                 # exactly 1, no clip binds, and the gradient is the plain policy gradient of A * log p.
-                adv_part = adv[part] if not cfg.turn_credit else grpo.turn_advantages(
-                    adv[part], [episodes[i].sampled_mask for i in part], [episodes[i].turn_penalties for i in part],
-                    cfg.turn_credit)
+                if token_adv is not None:
+                    adv_part = token_adv[part, :mask.shape[1]]
+                elif cfg.turn_credit:
+                    adv_part = grpo.turn_advantages(adv[part], [episodes[i].sampled_mask for i in part],
+                                                    [episodes[i].turn_penalties for i in part], cfg.turn_credit)
+                else:
+                    adv_part = adv[part]
                 loss, stats = grpo.ppo_loss(logp, logp.detach(), adv_part.to(device), mask, gcfg, ref_logp)
                 (loss * grpo.micro_batch_weight(mask, len(idx), n_tokens, gcfg)).backward()
             for key, v in stats.items():

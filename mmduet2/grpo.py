@@ -118,6 +118,29 @@ def turn_advantages(advantages, sampled_masks, turn_penalties, credit):
     return out
 
 
+def decision_centred_advantages(advantages, input_ids, sampled_masks, silent_id):
+    """Decisions centred per class, an opt-in credit experiment (not the paper's): every sampled token gets its
+    trajectory's advantage, except each played turn's first token, the decision (`silent_id`, the first token of
+    NO REPLY, or a reply's first word), whose advantage has the mean over the step's decisions of its class
+    (silent or reply) subtracted. The update then no longer pushes speaking as a whole up or down (with
+    trajectory-level credit, the rollouts that say more collect more penalties, so every decision drifts towards
+    NO REPLY); only which turns speak is left to it. Returns (N, T_max) float, like `turn_advantages`.
+    Example, silent id 7: A = [1, -1], ids [[0, 7, 5], [0, 7, 9]], masks [[F, T, T], [F, T, T]] -> both decisions
+    silent, their mean 0 -> unchanged; with ids [[0, 7, 5], [0, 3, 9]] each class holds one decision -> both 0."""
+    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)), dtype=torch.float64)
+    decisions = {True: [], False: []}  # is silent -> [(trajectory, position)]
+    for i, (ids, mask) in enumerate(zip(input_ids, sampled_masks)):
+        out[i, :len(mask)] = float(advantages[i])
+        for t, m in enumerate(mask):
+            if m and not (t and mask[t - 1]):
+                decisions[int(ids[t]) == silent_id].append((i, t))
+    for picked in decisions.values():
+        if picked:
+            rows, cols = zip(*picked)
+            out[rows, cols] -= out[rows, cols].mean()
+    return out.float()
+
+
 def token_logprobs(logits, input_ids, temperature=1.0, positions=None, banned=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 

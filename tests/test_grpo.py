@@ -229,6 +229,21 @@ def test_turn_advantages_by_hand():
     torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.5, -0.5, 0.0, 0.5]]) / 3)
 
 
+def test_decision_centred_advantages_by_hand():
+    """Each turn's first sampled token is its decision (7 = the first token of NO REPLY); decisions of a class
+    lose their class mean, every other token keeps its trajectory's advantage."""
+    masks = [[False, True, True, False, True, True], [False, True, True, False, True]]
+    ids = [[0, 7, 1, 0, 4, 5], [0, 7, 1, 0, 7]]            # row 0: silent, then a reply; row 1: silent twice
+    adv = grpo.decision_centred_advantages(torch.tensor([1.0, -0.5]), ids, masks, silent_id=7)
+    # silent decisions (0, 1), (1, 1), (1, 4): advantages 1, -0.5, -0.5, mean 0; the one reply decision (0, 4): 1 -> 0
+    torch.testing.assert_close(adv, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0], [-0.5, -0.5, -0.5, -0.5, -0.5, 0.0]]))
+    silent = torch.tensor([adv[0, 1], adv[1, 1], adv[1, 4]])
+    assert abs(float(silent.sum())) < 1e-6  # no push on a class as a whole
+    # without any decision of a class to share it with, a reply decision's advantage is centred to zero
+    one = grpo.decision_centred_advantages(torch.tensor([2.0]), [[0, 3, 3]], [[False, True, True]], silent_id=7)
+    torch.testing.assert_close(one, torch.tensor([[2.0, 0.0, 2.0]]))
+
+
 @pytest.mark.parametrize("agg", grpo.LOSS_AGGS)
 def test_micro_batch_weights_add_up_to_the_batch_loss(agg):
     """Trajectories with 2, 6 and 4 sampled tokens, updated as micro-batches [0, 1] and [2]."""

@@ -151,8 +151,8 @@ def test_toy_chain_smoke(data, tmp_path):
     assert lines[0] == first and len(lines) == 2 and json.loads(lines[1]) == json.loads(second)
 
 
-@pytest.mark.parametrize("extra", [[], ["--lora-rank", "4", "--lr", "1e-2"], ["--kl-coef", "0.5", "--lr", "1e-2"]],
-                         ids=["full", "lora", "kl"])
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "4", "--lr", "1e-2"], ["--kl-coef", "0.5", "--lr", "1e-2"],
+                                   ["--centre-decisions"]], ids=["full", "lora", "kl", "centred"])
 def test_rl_resume_is_exact(data, tmp_path, extra):
     """Two RL steps straight, or one step then --resume for the second: same rollouts, same weights. With LoRA
     the adapters come back from trainer_state.pt; with the KL term the reference stays the SFT model."""
