@@ -124,7 +124,8 @@ def decision_centred_advantages(advantages, input_ids, sampled_masks, silent_id)
     NO REPLY, or a reply's first word), whose advantage has the mean over the step's decisions of its class
     (silent or reply) subtracted. The update then no longer pushes speaking as a whole up or down (with
     trajectory-level credit, the rollouts that say more collect more penalties, so every decision drifts towards
-    NO REPLY); only which turns speak is left to it. Returns (N, T_max) float, like `turn_advantages`.
+    NO REPLY); only which turns speak is left to it. The mean is over the rollouts given (one process's under
+    torchrun), constant groups' decisions included. Returns (N, T_max) float, like `turn_advantages`.
     Example, silent id 7: A = [1, -1], ids [[0, 7, 5], [0, 7, 9]], masks [[F, T, T], [F, T, T]] -> both decisions
     silent, their mean 0 -> unchanged; with ids [[0, 7, 5], [0, 3, 9]] each class holds one decision -> both 0."""
     out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)), dtype=torch.float64)
