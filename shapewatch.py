@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 from mmduet2.checkpoint import atomic_path
 from mmduet2.video import write_video
 
-VERSION = 6
+VERSION = 7                             # 7: v6 with every answer worded colour first
 SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
 TURN = 4                                # seconds per turn at the toy's rate (2 frames at 2 s): questions sit on it
 DURATIONS = (36, 40, 44, 48)            # video lengths in seconds (whole turns)
@@ -106,6 +106,18 @@ def question_text(target):
 
 def matches(target, colour, shape):
     return target in (colour, shape)
+
+
+def presence(record, t, silent):
+    """A presence reply for the base model's training (train_sft.py --dense-mix): what the frame stamped t shows of
+    what the question in force asks for, in the immediate answers' words ("Red circle is visible."), or `silent`
+    when none of it is on screen. Needs the record's `objects`."""
+    text = [q["text"] for q in record["questions"] if q["time"] <= t][-1]
+    target = next(tg for tg in list(COLOURS) + SHAPES if question_text(tg) == text)
+    seen = [f"{o['colour']} {o['shape']} is visible.".capitalize()
+            for o in sorted(record["objects"], key=lambda o: o["start"])
+            if o["start"] <= t < o["end"] and matches(target, o["colour"], o["shape"])]
+    return " ".join(seen) or silent
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,14 +196,14 @@ def _gold(scene):
     for j, (q, target) in enumerate(scene.questions):
         q_next = scene.questions[j + 1][0] if j + 1 < len(scene.questions) else float("inf")
         if j > 0:
-            seen = [f"A {s.colour} {o.shape} is visible." for o, s in appearances
+            seen = [f"{s.colour} {o.shape} is visible.".capitalize() for o, s in appearances
                     if s.start <= q < s.end and matches(target, s.colour, o.shape)]
             answers.append({"question": j, "content": " ".join(seen) or "Nothing yet.", "related_timespan": [q, q],
                             "reply_timespan": [q, min(q + 1, d)], "immediate": True})
         end = min(d, q_next - 1)                # answers to question j are due before question j + 1
         for o, s in appearances:
             if q < s.start < q_next and matches(target, s.colour, o.shape):
-                answers.append({"question": j, "content": f"A {s.colour} {o.shape} appeared.",
+                answers.append({"question": j, "content": f"{s.colour} {o.shape} appeared.".capitalize(),
                                 "related_timespan": [s.start, min(s.event_end, end)],
                                 "reply_timespan": [s.start, min(s.event_end + 1, end)]})
     return answers

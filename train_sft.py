@@ -5,12 +5,13 @@ Replies sit at the END of their reply spans in the data (the paper's placement),
 speak late; RL is what moves it earlier.
 
 With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing and
-fine-tunes the toy's base model (assets/toy_base, a caption-trained model that already sees, as Qwen2.5-VL-Instruct
-does for the paper) on CPU in about five minutes, vision tower frozen as in the paper's recipe, into runs/toy/sft.
-The paper mixes offline video QA and captions into SFT; the toy mixes in a little of its caption data
-(--caption-mix), which alone made the base model (`--init "" --caption-mix 1`, see the README). With --init DIR it
-starts from any hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json); --init "" trains a
-fresh model of --preset, with a toy tokenizer learnt from the data.
+fine-tunes the toy's base model (assets/toy_base, which already sees and says what a question asks for, as
+Qwen2.5-VL-Instruct does for the paper) for 2,400 steps on CPU (about 15 min), vision tower frozen as in the
+paper's recipe, into runs/toy/sft. The paper mixes offline video QA and captions into SFT; the toy mixes in a little
+of its caption data (--caption-mix). The base model was made by this program from scratch on captions and presence
+dialogues alone (`--init "" --caption-mix 0.5 --dense-mix 0.5`, see the README). With --init DIR it starts from any
+hub-layout checkpoint (e.g. Qwen2.5-VL-3B-Instruct with its tokenizer.json); --init "" trains a fresh model of
+--preset, with a toy tokenizer learnt from the data.
 Data parallel: `torchrun --nproc_per_node N train_sft.py ...` gives each process its own batches of
 --batch-size dialogues (N times the data per step); process 0 logs and saves.
 """
@@ -27,12 +28,12 @@ import torch.nn.functional as F
 
 from mmduet2.checkpoint import check_resume, check_token_ids, load_trainer_state, save_checkpoint
 from mmduet2.config import preset
-from mmduet2.dialogue import SYSTEM_PROMPT
+from mmduet2.dialogue import NO_REPLY, SYSTEM_PROMPT
 from mmduet2.model import MMDuet2
 from mmduet2.tokenizer import DEFAULT_SYSTEM_PROMPT, Tokenizer, train_toy_tokenizer
 from mmduet2.training import (CAPTION_QUESTION, Split, autocast, caption_text, collate, init_parallel, loss_positions,
                               model_inputs, parse_config, seed_everything)
-from shapewatch import ensure_toy_data
+from shapewatch import ensure_toy_data, presence
 
 
 @dataclass
@@ -41,7 +42,7 @@ class SFTConfig:
     out: str = "runs/toy/sft"         # checkpoint folder (hub layout + tokenizer.json + trainer state)
     init: str = "assets/toy_base"     # hub-layout checkpoint to start from (the toy's base); "" = fresh --preset
     preset: str = "toy"
-    steps: int = 800                  # optimizer steps
+    steps: int = 2400                 # optimizer steps
     batch_size: int = 8               # dialogues per micro-batch
     grad_accum: int = 1               # micro-batches per optimizer step
     lr: float = 1e-3                  # peak learning rate (the toy; ~1e-5 for a real 3B model)
@@ -51,10 +52,11 @@ class SFTConfig:
     grad_clip: float = 1.0
     freeze_vision: bool = True        # keep the vision tower fixed (the paper's SFT recipe)
     caption_mix: float = 0.1          # share of each batch that is caption dialogues (records with `objects`)
+    dense_mix: float = 0.0            # share that is presence dialogues (the toy base's; shapewatch.presence)
     frames_per_turn: int = 2
     frame_interval: float = 2.0       # seconds per frame in training, as the paper (inference: 1 s)
     max_pixels: int = 128 * 28 * 28
-    eval_every: int = 100             # steps between val losses
+    eval_every: int = 400             # steps between val losses
     save_every: int = 200             # steps between checkpoints
     seed: int = 0
     device: str = "auto"              # cpu, cuda or auto
@@ -138,16 +140,22 @@ def main():
         log_print(f"resumed at step {step}")
 
     can_caption = all("objects" in r for r in train.records)
-    if cfg.caption_mix and not can_caption:
-        log_print("--caption-mix ignored: the training records carry no `objects` annotation")
+    if (cfg.caption_mix or cfg.dense_mix) and not can_caption:
+        log_print("--caption-mix and --dense-mix ignored: the training records carry no `objects` annotation")
+
+    def presence_reply(record, t):
+        return presence(record, t, NO_REPLY)
 
     def batch_at(split, k, n):
         # Batch k depends only on (seed, k), so a resumed run sees exactly the same data. Under torchrun,
         # process r of N takes batches k * N + r.
         rng = np.random.default_rng([cfg.seed, k])
         idx = rng.choice(len(split), size=n, replace=len(split) < n)
-        captions = rng.random(n) < (cfg.caption_mix if can_caption else 0.0)
-        return collate([split.sample(int(i), tok, caption=bool(c)) for i, c in zip(idx, captions)])
+        u = rng.random(n)  # caption below caption_mix, presence up to caption_mix + dense_mix, else the dialogue
+        captions = u < (cfg.caption_mix if can_caption else 0.0)
+        dense = (u >= cfg.caption_mix) & (u < cfg.caption_mix + cfg.dense_mix) & can_caption
+        return collate([split.sample(int(i), tok, caption=bool(c), replies=presence_reply if d else None)
+                        for i, c, d in zip(idx, captions, dense)])
 
     def batch_loss(module, batch):
         positions = loss_positions(batch["loss_mask"])  # logits only where the loss is taken
@@ -158,7 +166,7 @@ def main():
         model.eval()
         losses = []
         for k in range(0, len(val), cfg.batch_size):
-            batch = collate([val.sample(i, tok, caption=cfg.caption_mix >= 1)
+            batch = collate([val.sample(i, tok, caption=cfg.caption_mix + cfg.dense_mix >= 1)
                              for i in range(k, min(k + cfg.batch_size, len(val)))])
             with autocast(device):
                 losses.append(batch_loss(model, batch).item())

@@ -34,8 +34,8 @@ CAPTION_QUESTION = "What shapes are on screen now?"
 
 def caption_text(objects, t):
     """What a frame stamped t shows, from a record's `objects` (colour, shape, start, end; ShapeWatch writes them),
-    in the toy's answer vocabulary: "A red circle and a blue square." or "Nothing."."""
-    seen = [f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["start"])
+    in the toy's answer vocabulary, colour first: "Red circle and blue square." or "Nothing."."""
+    seen = [f"{o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["start"])
             if o["start"] <= t < o["end"]]
     return (" and ".join(seen) + ".").capitalize() if seen else "Nothing."
 
@@ -83,14 +83,15 @@ class Split:
     def pixels(self, frames):
         return process_images(frames, max_pixels=self.max_pixels)
 
-    def sample(self, i, tok, caption=False, merge_size=2):
+    def sample(self, i, tok, caption=False, merge_size=2, replies=None):
         """The whole dialogue of record i as one training sample (the SFT view).
 
         caption=True gives an offline caption dialogue of the same video instead: Qwen's default system prompt,
         and every user turn asks what its last frame shows and gets the answer (needs the record's `objects`
         annotation, which ShapeWatch writes). The question is asked again on every turn, so it is plain
         multi-turn QA and never the streaming layout, where answering every turn would teach repeating oneself.
-        The paper mixes such data into SFT; the toy's base model is trained on it alone (train_sft.py)."""
+        The paper mixes such data into SFT; the toy's base model is trained on it (train_sft.py). `replies(record, t)`
+        gives every turn another reply in the proactive layout (the toy base's presence dialogues)."""
         frames, turns = self.frames(i), self.turns(i)
         used = [frames[k - 1] for t in turns for k in t.frame_indices]
         pixel_values, grid = self.pixels(used)
@@ -98,6 +99,8 @@ class Split:
         if caption:
             objects = self.records[i]["objects"]
             turns = [replace(t, user_text=CAPTION_QUESTION, reply=caption_text(objects, t.time)) for t in turns]
+        elif replies:
+            turns = [replace(t, reply=replies(self.records[i], t.time)) for t in turns]
         ids, mask = render_dialogue(tok, turns, tokens_per_frame,
                                     system_prompt=DEFAULT_SYSTEM_PROMPT if caption else SYSTEM_PROMPT)
         return {"input_ids": ids, "loss_mask": mask, "pixel_values": pixel_values, "image_grid_thw": grid}

@@ -114,7 +114,8 @@ def test_gold_rules_and_balance():
             q, q_next = qs[a["question"]][0], (qs[a["question"] + 1][0] if a["question"] + 1 < len(qs) else 99)
             s, e = a["related_timespan"]
             assert q < s < q_next and a["reply_timespan"] == [s, min(e + 1, d, q_next - 1)]
-            _, colour, shape, _ = a["content"].split()
+            colour, shape, verb = a["content"].lower().split()     # colour first: "Red circle appeared."
+            assert verb == "appeared." and a["content"][0].isupper()
             segs = [g for o in scene.objects for g in o.segments if (g.start, g.colour, o.shape) == (s, colour, shape)]
             assert any(e == min(g.event_end, q_next - 1) for g in segs)   # two lanes may show the same thing
             assert colour in COLOURS and shape in shapewatch.SHAPES and qs[a["question"]][1] in (colour, shape)
@@ -130,6 +131,21 @@ def test_gold_rules_and_balance():
     assert 0.35 < n_match / n_objects < 0.75                          # about half the appearances match
     assert np.mean([n >= 2 for n in turns_per_span]) > 0.6           # most spans hold several turns
     assert 0.2 < np.mean(first_turn_ends) < 0.4                       # P_FIRST_TURN = 0.3
+
+
+def test_presence_replies_name_what_the_question_asks_for():
+    """The toy base's presence dialogues: on every turn, the asked-for objects on screen in the immediate
+    answers' words, else the silent reply; the question in force is the latest one asked."""
+    rec = {"questions": [{"time": 0.0, "text": shapewatch.question_text("red")},
+                         {"time": 12.0, "text": shapewatch.question_text("circle")}],
+           "objects": [{"colour": "red", "shape": "square", "start": 2, "end": 10},
+                       {"colour": "blue", "shape": "circle", "start": 4, "end": 20},
+                       {"colour": "red", "shape": "circle", "start": 14, "end": 16}]}
+    assert shapewatch.presence(rec, 1, "NO REPLY") == "NO REPLY"                 # nothing on screen yet
+    assert shapewatch.presence(rec, 4, "NO REPLY") == "Red square is visible."   # the blue circle is not red
+    assert shapewatch.presence(rec, 10, "NO REPLY") == "NO REPLY"                # the square left at 10
+    assert shapewatch.presence(rec, 12, "NO REPLY") == "Blue circle is visible."  # now circles are asked for
+    assert shapewatch.presence(rec, 14, "-") == "Blue circle is visible. Red circle is visible."
 
 
 def test_late_answers_cost_pauc():

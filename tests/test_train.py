@@ -14,9 +14,10 @@ from mmduet2.checkpoint import check_resume
 from mmduet2.config import preset
 from mmduet2.model import MMDuet2
 from mmduet2.rewards import RewardConfig
-from mmduet2.tokenizer import train_toy_tokenizer
+from mmduet2.tokenizer import Tokenizer, train_toy_tokenizer
 from mmduet2.training import Split, collate, loss_positions, model_inputs, parse_config
 from mmduet2.video import write_video
+import shapewatch
 from shapewatch import ensure_toy_data
 from train_sft import sft_loss
 
@@ -36,6 +37,21 @@ def run(script, *args, ok=True):
                           env=env, timeout=300)
     assert (proc.returncode == 0) == ok, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout if ok else proc.stderr
+
+
+def test_caption_and_presence_samples(data):
+    """The base model's two kinds of dialogue: caption QA under Qwen's default system prompt, and the proactive
+    layout with every turn's reply given by `replies` (the presence dialogues), trained on every turn."""
+    split = Split(os.path.join(data, "train.jsonl"))
+    tok = Tokenizer.from_dir(os.path.join(ROOT, "assets", "toy_base"))
+    cap = tok.decode(split.sample(0, tok, caption=True)["input_ids"])
+    assert "What shapes are on screen now?" in cap and "continuously incoming video frames" not in cap
+    presence = [[shapewatch.presence(r, t.time, "NO REPLY") for t in split.turns(i)] for i, r in enumerate(split.records)]
+    i = next(i for i, p in enumerate(presence) if len(set(p)) > 1)          # a video showing something asked for
+    dense = split.sample(i, tok, replies=lambda rec, t: shapewatch.presence(rec, t, "NO REPLY"))
+    assert "continuously incoming video frames" in tok.decode(dense["input_ids"])   # the proactive system prompt
+    trained = [int(k) for k, m in zip(dense["input_ids"], dense["loss_mask"]) if m]
+    assert trained == [k for r in presence[i] for k in tok.encode(r) + [tok.im_end_id]]
 
 
 def test_one_sft_step_lowers_the_loss(data):
@@ -222,12 +238,13 @@ def test_rl_with_lora_changes_only_the_targets(data, tmp_path):
 
 
 def test_toy_base_command_at_tiny_size(data, tmp_path):
-    """The command that rebuilds assets/toy_base (README), at tiny size: a caption-only model from scratch that
-    the default SFT then starts from, vision frozen."""
+    """The command that rebuilds assets/toy_base (README), at tiny size: a model from scratch on captions and
+    presence dialogues only, which the default SFT then starts from, vision frozen."""
     base, sft = tmp_path / "base", tmp_path / "sft"
-    run("train_sft.py", "--data", data, "--out", str(base), "--init", "", "--no-freeze-vision", "--caption-mix", "1",
-        *TINY_SFT)
-    assert json.load(open(base / "train_config.json"))["caption_mix"] == 1.0
+    run("train_sft.py", "--data", data, "--out", str(base), "--init", "", "--no-freeze-vision", "--caption-mix", "0.5",
+        "--dense-mix", "0.5", *TINY_SFT)
+    made = json.load(open(base / "train_config.json"))
+    assert (made["caption_mix"], made["dense_mix"], made["freeze_vision"]) == (0.5, 0.5, False)
     run("train_sft.py", "--data", data, "--out", str(sft), "--init", str(base), *TINY_SFT)
     a, b = (MMDuet2.from_pretrained(str(p)).state_dict() for p in (base, sft))
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))         # frozen vision
