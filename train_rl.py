@@ -55,7 +55,7 @@ class RLConfig:
     steps: int = 100                   # GRPO steps (the paper: about 500)
     prompts_per_step: int = 16         # dialogues per step, each rolled out group_size times (the paper: 8)
     group_size: int = 4                # rollouts per prompt (G)
-    lr: float = 5e-5                   # the paper uses 1e-6 on the 3B model
+    lr: float = 1.5e-4                 # the paper uses 1e-6 on the 3B model
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     micro_batch: int = 16              # trajectories per forward/backward in the update
