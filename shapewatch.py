@@ -5,10 +5,12 @@ square, triangle; red, green, blue, yellow) appear, drift slowly and vanish, eac
 changes colour mid-life, which ends a visible span of the old colour and starts one of the new colour. Two screen
 halves act as lanes holding one object at a time, so at most two are visible and they never overlap. Questions ask
 about one colour or one shape ("Tell me every time a red shape appears."); every matching appearance is a gold
-answer ("A red circle appeared.") with related_timespan [appear, event_end] and reply_timespan
+answer ("Red circle appeared.") with related_timespan [appear, event_end] and reply_timespan
 [appear, min(event_end + 1, duration)]; about half the appearances match, the rest are distractors, and about 15 %
-of videos have nothing to report (silence must be learnt). This is the toy stand-in for the paper's data
-(docs/method.md); it is not from the paper.
+of videos have nothing to report (silence must be learnt). Answers name the colour first, so the first token of a
+reply depends on what is on screen and, under a colour question, on what is asked (with "A red circle ..." the
+toy's reply-or-silence decision did not learn to read the question; docs/experiments.md). This is the toy
+stand-in for the paper's data (docs/method.md); it is not from the paper.
 
 The annotated end of an event, event_end, is not visible in the video (objects stay at least 10 s): it is drawn
 so that the event's reply span ends within the first 4 s turn showing the object (30 % of events) or just after
@@ -20,7 +22,7 @@ can learn (docs/experiments.md has the span-end designs that left the greedy SFT
 
 Half the dialogues are 1QnA (one question at 0), half nQnA (2-3 questions): a question asked mid-video comes on a
 turn boundary (a multiple of TURN = 4 s, the toy's turn of 2 frames at 2 s, so its immediate span [q, q + 1]
-holds that turn), first gets an immediate answer ("A red circle is visible." or "Nothing yet."), then covers the
+holds that turn), first gets an immediate answer ("Red circle is visible." or "Nothing yet."), then covers the
 appearances that start before the next question. No appearance starts within the turn before a question, and an
 answer still open when the next question arrives has both spans cut to end 1 s before it, so every span holds a
 turn. Videos are longer than an RL episode (20-32 s on the toy), so episodes start with context turns.

@@ -1,6 +1,6 @@
 """Does the vision tower see? Teacher-forced caption accuracy of a checkpoint on ShapeWatch's val videos.
 
-Every turn of a caption dialogue is answered with what its last frame shows ("A red circle and a blue square.").
+Every turn of a caption dialogue is answered with what its last frame shows ("Red circle and blue square.").
 Fed the true dialogue, the model predicts each caption token from the frames and the words before it; this
 counts how often its top token is right on the colour words and on the shape words. Chance is about 1/4 for
 colours and 1/3 for shapes. If these stay near chance, RL can only learn timing priors, never content.
