@@ -113,9 +113,15 @@ def matches(target, colour, shape):
 def presence(record, t, silent):
     """A presence reply for the base model's training (train_sft.py --dense-mix): what the frame stamped t shows of
     what the question in force asks for, in the immediate answers' words ("Red circle is visible."), or `silent`
-    when none of it is on screen. Needs the record's `objects`."""
-    text = [q["text"] for q in record["questions"] if q["time"] <= t][-1]
-    target = next(tg for tg in list(COLOURS) + SHAPES if question_text(tg) == text)
+    when none of it is on screen (or nothing has been asked yet). Needs the record's `objects` and ShapeWatch
+    questions."""
+    asked = [q["text"] for q in record["questions"] if q["time"] <= t]
+    if not asked:
+        return silent
+    target = next((tg for tg in list(COLOURS) + SHAPES if question_text(tg) == asked[-1]), None)
+    if target is None:
+        raise ValueError(f"record {record.get('id')}: {asked[-1]!r} is not a ShapeWatch question, so there is no "
+                         "presence reply for it; use --dense-mix with ShapeWatch data only.")
     seen = [f"{o['colour']} {o['shape']} is visible.".capitalize()
             for o in sorted(record["objects"], key=lambda o: o["start"])
             if o["start"] <= t < o["end"] and matches(target, o["colour"], o["shape"])]
@@ -313,8 +319,8 @@ class RuleJudge:
     the attribute the question did not ask, so a policy cannot farm it by naming any object at all. (RL found both
     holes: docs/experiments.md, "Judge and reward holes".)
     A gold naming no object ("Nothing yet.") scores max_score iff the reply names none either.
-    Example (max_score 2): question "... a circle ...", gold "A red circle appeared.", reply "A blue circle
-    appeared." -> 1; question "... a red shape ...", gold "A red circle appeared.", reply "A blue circle" -> 0,
+    Example (max_score 2): question "... a circle ...", gold "Red circle appeared.", reply "A blue circle
+    appeared." -> 1; question "... a red shape ...", gold "Red circle appeared.", reply "A blue circle" -> 0,
     reply "A red circle and a red square" -> 2, or with precision min(2, (2 + 1) // 2) = 1.
     """
 

@@ -6,7 +6,7 @@ speak late; RL is what moves it earlier.
 
 With no arguments this is the first step of the toy experiment: it generates the ShapeWatch data if missing and
 fine-tunes the toy's base model (assets/toy_base, which already sees and says what a question asks for, as
-Qwen2.5-VL-Instruct does for the paper) for 2,400 steps on CPU (about 15 min), vision tower frozen as in the
+Qwen2.5-VL-Instruct does for the paper) for 2,400 steps on CPU (about 16 min), vision tower frozen as in the
 paper's recipe, into runs/toy/sft. The paper mixes offline video QA and captions into SFT; the toy mixes in a little
 of its caption data (--caption-mix). The base model was made by this program from scratch on captions and presence
 dialogues alone (`--init "" --caption-mix 0.5 --dense-mix 0.5`, see the README). With --init DIR it starts from any
@@ -89,7 +89,11 @@ def main():
     # ---- setup ------------------------------------------------------------------------------------------
     cfg, resume = parse_config(SFTConfig, __doc__.splitlines()[0])
     if resume:  # the same data and model as the run being resumed, or its saved state means something else
-        check_resume(cfg.out, cfg, ("preset", "data", "init", "frames_per_turn", "frame_interval"))
+        check_resume(cfg.out, cfg, ("preset", "data", "init", "frames_per_turn", "frame_interval", "caption_mix",
+                                    "dense_mix"))
+    if not (0 <= cfg.caption_mix and 0 <= cfg.dense_mix and cfg.caption_mix + cfg.dense_mix <= 1):
+        sys.exit(f"--caption-mix {cfg.caption_mix} and --dense-mix {cfg.dense_mix} are shares of each batch: each "
+                 "at least 0, together at most 1.")
     par, device = init_parallel(cfg.device)
     log_print = print if par.main else (lambda *a, **k: None)
     log_print(json.dumps(asdict(cfg), indent=2))
@@ -146,6 +150,13 @@ def main():
     def presence_reply(record, t):
         return presence(record, t, NO_REPLY)
 
+    if cfg.dense_mix and can_caption:  # every presence reply once now, so bad data fails before training
+        try:
+            [presence_reply(r, s.time) for i, r in enumerate(train.records) for s in train.turns(i)]
+        except ValueError as e:
+            sys.exit(str(e))
+    val_captions = cfg.caption_mix + cfg.dense_mix >= 1 and all("objects" in r for r in val.records)
+
     def batch_at(split, k, n):
         # Batch k depends only on (seed, k), so a resumed run sees exactly the same data. Under torchrun,
         # process r of N takes batches k * N + r.
@@ -166,7 +177,7 @@ def main():
         model.eval()
         losses = []
         for k in range(0, len(val), cfg.batch_size):
-            batch = collate([val.sample(i, tok, caption=cfg.caption_mix + cfg.dense_mix >= 1)
+            batch = collate([val.sample(i, tok, caption=val_captions)  # no dialogues trained: the captions
                              for i in range(k, min(k + cfg.batch_size, len(val)))])
             with autocast(device):
                 losses.append(batch_loss(model, batch).item())

@@ -112,9 +112,10 @@ def check_resume(ckpt_dir, cfg, fields):
 
     def norm(v):  # "data/toy/" is "data/toy"; a tuple is the list JSON made of it
         return os.path.normpath(v) if isinstance(v, str) and v else json.loads(json.dumps(v))
+    def was(k):  # a field newer than the checkpoint had its default then
+        return saved[k] if k in saved else getattr(type(cfg)(), k)
     now = asdict(cfg)
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {now[k]!r})" for k in fields
-            if norm(saved.get(k)) != norm(now[k])]
+    diff = [f"--{k.replace('_', '-')} {was(k)!r} (now {now[k]!r})" for k in fields if norm(was(k)) != norm(now[k])]
     if diff:
         sys.exit(f"{ckpt_dir} was trained with {', '.join(diff)}: resume with the same flags, or start a new --out.")
 

@@ -66,7 +66,7 @@ def test_evidence_never_precedes_reply_span(tmp_path, i):
     for ans in rec["answers"]:
         if ans.get("immediate"):
             continue
-        _, colour, shape, _ = ans["content"].split()
+        colour, shape, _ = ans["content"].lower().split()        # "Red circle appeared."
         start = ans["reply_timespan"][0]
         obj = next(o for o in scene.objects if o.shape == shape and any(
             s.colour == colour and s.start == start for s in o.segments))
@@ -146,6 +146,10 @@ def test_presence_replies_name_what_the_question_asks_for():
     assert shapewatch.presence(rec, 10, "NO REPLY") == "NO REPLY"                # the square left at 10
     assert shapewatch.presence(rec, 12, "NO REPLY") == "Blue circle is visible."  # now circles are asked for
     assert shapewatch.presence(rec, 14, "-") == "Blue circle is visible. Red circle is visible."
+    late = {**rec, "questions": rec["questions"][1:]}
+    assert shapewatch.presence(late, 4, "NO REPLY") == "NO REPLY"                # nothing asked yet
+    with pytest.raises(ValueError, match=r"'What is this\?' is not a ShapeWatch question"):
+        shapewatch.presence({**rec, "questions": [{"time": 0.0, "text": "What is this?"}]}, 4, "NO REPLY")
 
 
 def test_late_answers_cost_pauc():

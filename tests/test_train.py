@@ -238,13 +238,16 @@ def test_rl_with_lora_changes_only_the_targets(data, tmp_path):
 
 
 def test_toy_base_command_at_tiny_size(data, tmp_path):
-    """The command that rebuilds assets/toy_base (README), at tiny size: a model from scratch on captions and
+    """The command that made assets/toy_base (README), at tiny size: a model from scratch on captions and
     presence dialogues only, which the default SFT then starts from, vision frozen."""
     base, sft = tmp_path / "base", tmp_path / "sft"
     run("train_sft.py", "--data", data, "--out", str(base), "--init", "", "--no-freeze-vision", "--caption-mix", "0.5",
         "--dense-mix", "0.5", *TINY_SFT)
     made = json.load(open(base / "train_config.json"))
     assert (made["caption_mix"], made["dense_mix"], made["freeze_vision"]) == (0.5, 0.5, False)
+    err = run("train_sft.py", "--data", data, "--out", str(tmp_path / "bad"), "--caption-mix", "0.5", "--dense-mix",
+              "0.6", *TINY_SFT, ok=False)
+    assert "are shares of each batch: each at least 0, together at most 1." in err and "Traceback" not in err
     run("train_sft.py", "--data", data, "--out", str(sft), "--init", str(base), *TINY_SFT)
     a, b = (MMDuet2.from_pretrained(str(p)).state_dict() for p in (base, sft))
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))         # frozen vision
