@@ -43,12 +43,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mmduet2.checkpoint import atomic_path
-from mmduet2.video import write_video
 
 VERSION = 7                             # 7: v6 with every answer worded colour first
 SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
@@ -362,6 +363,28 @@ def rule_repetition_judge(previous_text, new_reply, question=None):
 
 # ---------------------------------------------------------------------------------------------------------
 # Export
+
+def write_video(path, frames, fps):
+    """Write uint8 HxWx3 frames as an mp4 (H.264, near-lossless so colours survive), atomically."""
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    if not frames:
+        raise ValueError(f"write_video({path}): no frames to write.")
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"write_video({path}): frame size {w}x{h} must be even for yuv420p; crop or pad it.")
+    rate = Fraction(fps).limit_denominator(1001)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    # bf=0 keeps pts == decode order; threads=1 keeps the bytes identical run to run (the toy data is seeded)
+    options = {"crf": "10", "preset": "veryfast", "bf": "0", "threads": "1"} if codec == "libx264" else {"b": "4M"}
+    with atomic_path(path) as tmp, av.open(tmp, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
 
 def generate(out_dir, train=SIZES["train"], val=SIZES["val"], test=SIZES["test"], seed=0, log=print,
              durations=DURATIONS):

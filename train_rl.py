@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from mmduet2 import grpo
 from mmduet2.checkpoint import check_resume, load_checkpoint, load_trainer_state, save_checkpoint
@@ -39,7 +40,7 @@ from mmduet2.evaluate import predict_records, reply_delays, score
 from mmduet2.judges import REWARD_MAX, JudgeError, LLMJudge
 from mmduet2.lora import apply_lora, merge_lora
 from mmduet2.model import MMDuet2
-from mmduet2.plot import draw_curves
+from mmduet2.plot import COLOURS, save_png
 from mmduet2.rewards import RewardConfig, proactive_reward, turn_penalties
 from mmduet2.stream import StreamConfig, Streamer, unsayable_ids
 from mmduet2.training import (Split, autocast, collate, init_parallel, loss_positions, model_inputs, parse_config,
@@ -245,6 +246,64 @@ def validate_and_keep_best(model, tok, optimizer, step, history, val_records, cf
     return m
 
 
+# ---- opt-in credit experiments (not the paper's; the paper's advantage is grpo.group_advantages) ------------
+
+def term_advantages(components, weights, group_size, normalize_std=True):
+    """Per-term advantages, an opt-in reward experiment (ThinkStream's idea, not MMDuet2's): each reward term is
+    normalised within its group on its own, then the terms' advantages are averaged with the reward weights, so a
+    term that rarely varies (r_rep) is not drowned by a noisy one (r_pauc). components (N, K), weights (K,) -> (N,).
+    Example (G = 2, weights 3 and 2): terms [[1, 0], [0, -1]] give per-term advantages [[.71, .71], [-.71, -.71]]
+    (normalised, eps aside), so A = [0.71, -0.71]; a term equal across the group adds 0."""
+    per_term = torch.stack([grpo.group_advantages(components[:, k], group_size, normalize_std)
+                            for k in range(components.shape[1])], 1)  # (N, K)
+    w = torch.as_tensor(weights, dtype=per_term.dtype)
+    return (per_term * w).sum(1) / w.abs().sum()
+
+
+def turn_advantages(advantages, sampled_masks, turn_penalties, credit):
+    """Per-turn credit, an opt-in reward experiment (StreamPro mixes turn- and trajectory-level rewards; MMDuet2
+    does not): every sampled token gets its trajectory's advantage, and the tokens of a turn the reward penalises
+    (a repeat, or talk outside every gold span) get `credit` times its penalty (<= 0) on top, so the update can
+    tell which turn of a long episode was the mistake. sampled_masks: per trajectory its sampled-token mask, whose
+    runs of True are its played turns in order; turn_penalties: per trajectory one value per played turn.
+    Returns (N, T_max) float, zero past each trajectory's end.
+    Example: A = 0.5, mask [F, T, T, F, T], penalties [0, -1], credit 1 -> [0.5, 0.5, 0.5, 0.5, -0.5]."""
+    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)))
+    for i, (mask, pens) in enumerate(zip(sampled_masks, turn_penalties)):
+        out[i, :len(mask)] = float(advantages[i])
+        turn, prev = -1, False
+        for t, m in enumerate(mask):
+            turn += m and not prev
+            prev = m
+            if m:
+                out[i, t] += credit * pens[turn]
+    return out
+
+
+def decision_centred_advantages(advantages, input_ids, sampled_masks, silent_id):
+    """Decisions centred per class, an opt-in credit experiment (not the paper's): every sampled token gets its
+    trajectory's advantage, except each played turn's first token, the decision (`silent_id`, the first token of
+    NO REPLY, or a reply's first word), whose advantage has the mean over the step's decisions of its class
+    (silent or reply) subtracted. The update then no longer pushes speaking as a whole up or down (with
+    trajectory-level credit, the rollouts that say more collect more penalties, so every decision drifts towards
+    NO REPLY); only which turns speak is left to it. The mean is over the rollouts given (one process's under
+    torchrun), constant groups' decisions included. Returns (N, T_max) float, like `turn_advantages`.
+    Example, silent id 7: A = [1, -1], ids [[0, 7, 5], [0, 7, 9]], masks [[F, T, T], [F, T, T]] -> both decisions
+    silent, their mean 0 -> unchanged; with ids [[0, 7, 5], [0, 3, 9]] each class holds one decision -> both 0."""
+    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)), dtype=torch.float64)
+    decisions = {True: [], False: []}  # is silent -> [(trajectory, position)]
+    for i, (ids, mask) in enumerate(zip(input_ids, sampled_masks)):
+        out[i, :len(mask)] = float(advantages[i])
+        for t, m in enumerate(mask):
+            if m and not (t and mask[t - 1]):
+                decisions[int(ids[t]) == silent_id].append((i, t))
+    for picked in decisions.values():
+        if picked:
+            rows, cols = zip(*picked)
+            out[rows, cols] -= out[rows, cols].mean()
+    return out.float()
+
+
 def curves(history, window=10):
     """The plotted series: reward as a running mean over `window` steps (one step is noisy), and the val reward,
     PAUC and duplicate % at each validation."""
@@ -252,6 +311,38 @@ def curves(history, window=10):
     mean = [(s, float(np.mean(values[max(0, k - window + 1):k + 1]))) for k, (s, _) in enumerate(history["reward"])]
     return {f"reward ({window}-step mean)": mean, "val reward": history["val_reward"], "val PAUC": history["val_pauc"],
             "val dup %": history["val_dup"]}
+
+
+def draw_curves(path, series, title="", xlabel="step"):
+    """Line plot of {name: [(x, y), ...]}, one panel per series with its own y range (labelled at the left)
+    and a shared x axis from 0 (labelled under each panel)."""
+    width, height, left, top, bottom = 900, 120 + 160 * len(series), 80, 30, 30
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 8), title[:120], fill="black")
+    panel = (height - top - bottom) / max(len(series), 1)
+    for k, (name, pts) in enumerate(series.items()):
+        y0, y1 = top + k * panel + 10, top + (k + 1) * panel - 10
+        d.rectangle([left, y0, width - 20, y1], outline="grey")
+        d.text((5, y0), name[:11], fill="black")
+        d.text((5, y0 + 12), name[11:22], fill="black")
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        lo, hi = min(ys), max(ys)
+        hi = hi if hi > lo else lo + 1.0
+        xmax = max(max(xs), 1)
+        px = lambda v: left + (width - 20 - left) * v / xmax
+        py = lambda v: y1 - (y1 - y0) * (v - lo) / (hi - lo)
+        d.text((5, y0 + 28), f"{hi:.3g}", fill="black")
+        d.text((5, y1 - 12), f"{lo:.3g}", fill="black")
+        d.line([(px(a), py(b)) for a, b in pts], fill=COLOURS[k % len(COLOURS)], width=2)
+        for a, b in pts[-1:]:
+            d.text((px(a) - 40, py(b) - 14), f"{b:.3g}", fill="black")
+        d.text((left - 3, y1 + 2), "0", fill="black")
+        d.text((width - 20 - 6 * len(f"{xmax:g}"), y1 + 2), f"{xmax:g}", fill="black")
+    d.text((width // 2, height - 20), xlabel, fill="black")
+    save_png(img, path)
 
 
 def main():
@@ -334,13 +425,13 @@ def main():
         if cfg.adv_per_term:
             weights = cfg.reward.weights()
             comps = torch.tensor([[ep.components[k] for k in weights] for ep in episodes])
-            adv = grpo.term_advantages(comps, list(weights.values()), cfg.group_size, cfg.normalize_std)
+            adv = term_advantages(comps, list(weights.values()), cfg.group_size, cfg.normalize_std)
         else:
             adv = grpo.group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std)
         token_adv = None  # (N, T) when the credit differs along a trajectory
         if cfg.centre_decisions:
-            token_adv = grpo.decision_centred_advantages(adv, [ep.input_ids for ep in episodes],
-                                                         [ep.sampled_mask for ep in episodes], tok.encode(NO_REPLY)[0])
+            token_adv = decision_centred_advantages(adv, [ep.input_ids for ep in episodes],
+                                                   [ep.sampled_mask for ep in episodes], tok.encode(NO_REPLY)[0])
         keep = torch.ones(len(episodes), dtype=torch.bool)
         if cfg.skip_constant_groups:
             keep = ~grpo.constant_group_mask(rewards, cfg.group_size)
@@ -370,8 +461,8 @@ def main():
                 if token_adv is not None:
                     adv_part = token_adv[part, :mask.shape[1]]
                 elif cfg.turn_credit:
-                    adv_part = grpo.turn_advantages(adv[part], [episodes[i].sampled_mask for i in part],
-                                                    [episodes[i].turn_penalties for i in part], cfg.turn_credit)
+                    adv_part = turn_advantages(adv[part], [episodes[i].sampled_mask for i in part],
+                                               [episodes[i].turn_penalties for i in part], cfg.turn_credit)
                 else:
                     adv_part = adv[part]
                 loss, stats = grpo.ppo_loss(logp, logp.detach(), adv_part.to(device), mask, gcfg, ref_logp)

@@ -22,7 +22,8 @@ import tempfile
 import numpy as np
 
 from mmduet2.processor import process_images
-from mmduet2.video import iter_frames, read_frames, write_video
+from mmduet2.video import iter_frames, read_frames
+from shapewatch import write_video
 
 
 def synthetic_video(path, seconds, size):

@@ -48,8 +48,7 @@ def write_json(path, obj, indent=2):
         json.dump(obj, f, indent=indent)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading
+# ---------------------------------------------------------------------------------------------------- Loading
 
 def load_checkpoint(path, dtype=None, device="cpu"):
     """(model in eval mode, tokenizer) from a checkpoint directory: the hub layout plus tokenizer.json. The weights
@@ -72,8 +71,7 @@ def check_token_ids(config, tok):
                          + "): use the tokenizer.json saved with this checkpoint.")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Saving and resuming
+# ---------------------------------------------------------------------------------------- Saving and resuming
 
 def rng_state():
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -97,8 +95,7 @@ def save_checkpoint(out_dir, model, tok, optimizer, step, config, extra=None):
         tok.save(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(), "extra": extra or {}},
                    os.path.join(tmp, "trainer_state.pt"))
-        with open(os.path.join(tmp, "train_config.json"), "w") as f:
-            json.dump(config if isinstance(config, dict) else asdict(config), f, indent=2)
+        write_json(os.path.join(tmp, "train_config.json"), config if isinstance(config, dict) else asdict(config))
 
 
 def check_resume(ckpt_dir, cfg, fields):

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+TOKEN_ID_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 @dataclass
 class VisionConfig:
@@ -80,8 +81,7 @@ class ModelConfig:
                             f"{t.hidden_size} the merger feeds")
         if any(not 0 <= i < v.depth for i in v.fullatt_block_indexes):
             problems.append(f"fullatt_block_indexes {list(v.fullatt_block_indexes)} name blocks outside 0..{v.depth - 1}")
-        ids = {k: getattr(self, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                             "vision_end_token_id")}
+        ids = {k: getattr(self, k) for k in TOKEN_ID_FIELDS}
         if any(not 0 <= i < t.vocab_size for i in ids.values()) or len(set(ids.values())) < 4:
             problems.append(", ".join(f"{k}={i}" for k, i in ids.items()) + " must be distinct and below "
                             f"vocab_size {t.vocab_size}")
@@ -140,12 +140,9 @@ class ModelConfig:
         # Everything not shape-defining defaults as in transformers' Qwen2_5_VLConfig, so both read it alike.
         text["num_key_value_heads"] = text.get("num_key_value_heads") or text["num_attention_heads"]
         text.setdefault("rms_norm_eps", 1e-5)
-        vis.setdefault("tokens_per_second", 4)
-        vis.setdefault("window_size", 112)
-        vis.setdefault("fullatt_block_indexes", (7, 15, 23, 31))
+        vis = {"tokens_per_second": 4, "window_size": 112, "fullatt_block_indexes": (7, 15, 23, 31), **vis}
         tie = d.get("tie_word_embeddings", False) or nested.get("tie_word_embeddings", False)
-        top = {k: d.get(k, getattr(cls, k)) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                                      "vision_end_token_id")}
+        top = {k: d.get(k, getattr(cls, k)) for k in TOKEN_ID_FIELDS}
         pick = lambda klass, src: {f.name: src[f.name] for f in dataclasses.fields(klass) if f.name in src}
         return cls(vision=VisionConfig(**pick(VisionConfig, vis)), text=TextConfig(**pick(TextConfig, text)),
                    tie_word_embeddings=bool(tie), **top)
@@ -159,9 +156,7 @@ class ModelConfig:
                 **t, "hidden_act": "silu", "use_sliding_window": False,
                 "rope_scaling": {"type": "mrope", "mrope_section": mrope},
                 "tie_word_embeddings": self.tie_word_embeddings,
-                "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
-                "vision_start_token_id": self.vision_start_token_id,
-                "vision_end_token_id": self.vision_end_token_id, "torch_dtype": dtype,
+                **{k: getattr(self, k) for k in TOKEN_ID_FIELDS}, "torch_dtype": dtype,
                 "vision_config": {**v, "hidden_act": "silu"}}
 
 

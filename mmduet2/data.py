@@ -21,8 +21,7 @@ from .dialogue import Turn
 EPS = 1e-6
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Checking fields
+# -------------------------------------------------------------------------------------------- Checking fields
 
 class _Checker:
     """Raises ValueError('<file> record <i>: <field> must be ...') for the record being checked."""
@@ -33,13 +32,15 @@ class _Checker:
     def fail(self, field, what):
         raise ValueError(f"{self.prefix}: {field} must be {what}; fix or remove the record.")
 
-    def get(self, obj, key, field, types, what, optional=False):
+    def get(self, obj, key, field, types, what, optional=False, nonempty=False):
         if key not in obj:
             if optional:
                 return None
             self.fail(field, f"present ({what})")
         value = obj[key]
         if not isinstance(value, types) or isinstance(value, bool) and types is not bool:   # JSON true is no number
+            self.fail(field, what)
+        if nonempty and not (value.strip() if isinstance(value, str) else value):
             self.fail(field, what)
         return value
 
@@ -75,9 +76,7 @@ def _check_dialogue(rec, c, folder):
         c.fail("video", f"an existing file or folder; {video} does not exist")
     if os.path.isdir(video):
         c.number(rec, "fps", "fps (required for a frame folder)")
-    questions = c.get(rec, "questions", "questions", list, "a non-empty list")
-    if not questions:
-        c.fail("questions", "a non-empty list")
+    questions = c.get(rec, "questions", "questions", list, "a non-empty list", nonempty=True)
     for j, q in enumerate(questions):
         if not isinstance(q, dict):
             c.fail(f"questions[{j}]", '{"time": ..., "text": ...}')
@@ -86,8 +85,7 @@ def _check_dialogue(rec, c, folder):
             c.fail("questions[0].time", "0 (the first question opens the dialogue)")
         if j > 0 and t < questions[j - 1]["time"]:
             c.fail(f"questions[{j}].time", f">= questions[{j - 1}].time (questions in time order)")
-        if not c.get(q, "text", f"questions[{j}].text", str, "a non-empty string").strip():
-            c.fail(f"questions[{j}].text", "a non-empty string")
+        c.get(q, "text", f"questions[{j}].text", str, "a non-empty string", nonempty=True)
     for j, a in enumerate(c.get(rec, "answers", "answers", list, "a list")):
         f = f"answers[{j}]"
         if not isinstance(a, dict):
@@ -109,9 +107,7 @@ def _check_proactive(rec, c):
     c.get(rec, "question_id", "question_id", str, "a string")
     duration = c.number(rec, "duration", "duration")
     c.get(rec, "task", "task", str, "a string", optional=True)
-    conv = c.get(rec, "conversation", "conversation", list, "a non-empty list of user turns")
-    if not conv:
-        c.fail("conversation", "a non-empty list of user turns")
+    conv = c.get(rec, "conversation", "conversation", list, "a non-empty list of user turns", nonempty=True)
     for j, m in enumerate(conv):
         if not isinstance(m, dict) or m.get("role") != "user":
             c.fail(f"conversation[{j}]", 'a {"role": "user", "content": ..., "time": ...} object')
@@ -128,8 +124,7 @@ def _check_proactive(rec, c):
     return rec
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading
+# ---------------------------------------------------------------------------------------------------- Loading
 
 def load_dialogues(path):
     """Training dialogues from a JSONL file, checked; `video` is resolved against the file's folder."""
@@ -175,8 +170,7 @@ def _unique(path, records, key):
     return records
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Turns
+# ------------------------------------------------------------------------------------------------------ Turns
 
 def build_turns(record, frames_per_turn=2, frame_interval=None):
     """Lay a dialogue record out as turns (see the module docstring). Returns a list of dialogue.Turn."""

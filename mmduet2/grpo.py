@@ -9,10 +9,9 @@ The paper's choices are the defaults (of the functions and of `GRPOConfig`, the 
   entropy bonus.
 Each contested choice is a switch: `normalize_std=False` is Dr.GRPO's mean-centring, `constant_group_mask`
 finds the groups that carry no signal (train_rl.py's --skip-constant-groups drops them), `kl_coef > 0` adds a
-k3 KL to a frozen reference, and `loss_agg` picks "token_mean" (every sampled token of the batch weighs the
-same) or "seq_sum" (Dr.GRPO: token sum divided by a constant, so neither long nor short trajectories are
-favoured by the normaliser). A batch too big for one forward is split into micro-batches whose losses,
-weighted by `micro_batch_weight`, add up to the loss of the whole batch.
+k3 KL to a frozen reference, and `loss_agg` picks the aggregation (`ppo_loss`). A batch too big for one forward
+is split into micro-batches whose losses, weighted by `micro_batch_weight`, add up to the loss of the whole batch.
+Credit schemes that are not the paper's (per-term, per-turn, centred decisions) are opt-in switches of train_rl.py.
 A group whose rewards are all equal gets advantage exactly 0 (the formula's value in exact arithmetic; a
 rounded float64 mean would otherwise leave values around 1e-10 instead).
 """
@@ -37,7 +36,7 @@ class Episode:
     pixel_values: torch.Tensor = None    # the trajectory's frames, re-fed when log-probs are recomputed
     image_grid_thw: torch.Tensor = None
     answers: list = field(default_factory=list)     # gold answers of the window, for logging
-    turn_penalties: list = None         # per played turn, for the opt-in per-turn credit (`turn_advantages`)
+    turn_penalties: list = None         # per played turn, for the opt-in per-turn credit (train_rl.py)
 
     def __post_init__(self):
         if len(self.input_ids) != len(self.sampled_mask):
@@ -86,62 +85,6 @@ def group_advantages(rewards, group_size, normalize_std=True, eps=1e-6):
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
-def term_advantages(components, weights, group_size, normalize_std=True):
-    """Per-term advantages, an opt-in reward experiment (ThinkStream's idea, not MMDuet2's): each reward term is
-    normalised within its group on its own, then the terms' advantages are averaged with the reward weights, so a
-    term that rarely varies (r_rep) is not drowned by a noisy one (r_pauc). components (N, K), weights (K,) -> (N,).
-    Example (G = 2, weights 3 and 2): terms [[1, 0], [0, -1]] give per-term advantages [[.71, .71], [-.71, -.71]]
-    (normalised, eps aside), so A = [0.71, -0.71]; a term equal across the group adds 0."""
-    per_term = torch.stack([group_advantages(components[:, k], group_size, normalize_std)
-                            for k in range(components.shape[1])], 1)  # (N, K)
-    w = torch.as_tensor(weights, dtype=per_term.dtype)
-    return (per_term * w).sum(1) / w.abs().sum()
-
-
-def turn_advantages(advantages, sampled_masks, turn_penalties, credit):
-    """Per-turn credit, an opt-in reward experiment (StreamPro mixes turn- and trajectory-level rewards; MMDuet2
-    does not): every sampled token gets its trajectory's advantage, and the tokens of a turn the reward penalises
-    (a repeat, or talk outside every gold span) get `credit` times its penalty (<= 0) on top, so the update can
-    tell which turn of a long episode was the mistake. sampled_masks: per trajectory its sampled-token mask, whose
-    runs of True are its played turns in order; turn_penalties: per trajectory one value per played turn.
-    Returns (N, T_max) float, zero past each trajectory's end.
-    Example: A = 0.5, mask [F, T, T, F, T], penalties [0, -1], credit 1 -> [0.5, 0.5, 0.5, 0.5, -0.5]."""
-    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)))
-    for i, (mask, pens) in enumerate(zip(sampled_masks, turn_penalties)):
-        out[i, :len(mask)] = float(advantages[i])
-        turn, prev = -1, False
-        for t, m in enumerate(mask):
-            turn += m and not prev
-            prev = m
-            if m:
-                out[i, t] += credit * pens[turn]
-    return out
-
-
-def decision_centred_advantages(advantages, input_ids, sampled_masks, silent_id):
-    """Decisions centred per class, an opt-in credit experiment (not the paper's): every sampled token gets its
-    trajectory's advantage, except each played turn's first token, the decision (`silent_id`, the first token of
-    NO REPLY, or a reply's first word), whose advantage has the mean over the step's decisions of its class
-    (silent or reply) subtracted. The update then no longer pushes speaking as a whole up or down (with
-    trajectory-level credit, the rollouts that say more collect more penalties, so every decision drifts towards
-    NO REPLY); only which turns speak is left to it. The mean is over the rollouts given (one process's under
-    torchrun), constant groups' decisions included. Returns (N, T_max) float, like `turn_advantages`.
-    Example, silent id 7: A = [1, -1], ids [[0, 7, 5], [0, 7, 9]], masks [[F, T, T], [F, T, T]] -> both decisions
-    silent, their mean 0 -> unchanged; with ids [[0, 7, 5], [0, 3, 9]] each class holds one decision -> both 0."""
-    out = torch.zeros(len(sampled_masks), max(map(len, sampled_masks)), dtype=torch.float64)
-    decisions = {True: [], False: []}  # is silent -> [(trajectory, position)]
-    for i, (ids, mask) in enumerate(zip(input_ids, sampled_masks)):
-        out[i, :len(mask)] = float(advantages[i])
-        for t, m in enumerate(mask):
-            if m and not (t and mask[t - 1]):
-                decisions[int(ids[t]) == silent_id].append((i, t))
-    for picked in decisions.values():
-        if picked:
-            rows, cols = zip(*picked)
-            out[rows, cols] -= out[rows, cols].mean()
-    return out.float()
-
-
 def token_logprobs(logits, input_ids, temperature=1.0, positions=None, banned=None):
     """log p(input_ids[:, t] | input_ids[:, :t]) under softmax(logits / temperature), aligned with input_ids.
 
@@ -176,7 +119,7 @@ def ppo_loss(logprobs, old_logprobs, advantages, mask, cfg, ref_logprobs=None):
         traj_token_mean: mean_i (sum_t m_it l_it / n_i)        (the paper)
         token_mean:      sum_it m_it l_it / sum_i n_i
         seq_sum:         mean_i (sum_t m_it l_it / cfg.seq_sum_norm)   (Dr.GRPO)
-    logprobs, old_logprobs, ref_logprobs (B, T); advantages (B,), or (B, T) per token (`turn_advantages`);
+    logprobs, old_logprobs, ref_logprobs (B, T); advantages (B,), or (B, T) per token (train_rl.py's opt-in credit);
     mask (B, T) bool.
     """
     mask = mask.bool()

@@ -7,13 +7,10 @@ benchmark's official scorer (GPT-4.1) asks for 1..3 and reads the LAST standalon
 reply a repetition" is yes/no. `LLMJudge` does that with the standard library only: requests in flight on a thread
 pool, retries with exponential backoff, a progress line while a long batch is judged, and an append-only JSON-lines
 cache so a rerun never pays for the same request twice. An answer without a digit on the scale (or a yes/no) is a
-failed judgement: None, counted, logged, and never cached, so a rerun against a working judge asks again; `ping()`
-checks the endpoint before a run starts and `check_failures(max_rate)` stops a run whose judge mostly fails.
+failed judgement: None, counted, logged, and never cached, so a rerun against a working judge asks again.
 Departure from the released code: the 5-level reward rubric asks for 0..4 directly (the released prompt used 1..5,
 minus 1).
-
-Every judge is a callable (shapewatch.RuleJudge is one, for the toy without any server); `judge_many` runs a list
-of requests through `judge.map` when the judge has one.
+Every judge is a callable (shapewatch.RuleJudge is one, for the toy without any server).
 """
 import hashlib
 import http.client

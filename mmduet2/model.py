@@ -6,9 +6,7 @@ KV cache per dialogue, written by index, that every turn appends to (frames, tex
 step), with per-row slot validity (padding, rows that finished decoding) and per-row M-RoPE positions, so that
 feeding a dialogue chunk by chunk gives the logits of one forward over the whole of it.
 
-Layout, bottom-up: rotary helpers, attention, decoder layer, decoder (`model.*`), `get_rope_index`, `KVCache`,
-`MMDuet2` (`visual`, `model`, `lm_head`, loading and saving the hub layout). Parameter names equal the
-checkpoint keys, so loading is a prefix map plus a strict check.
+Parameter names equal the checkpoint keys, so loading is a prefix map plus a strict check.
 
 Departure: after a vision block the next text position is one past the largest id the block used, as in
 the original Qwen2.5-VL code the released checkpoints were trained with. transformers 5.x instead advances by
@@ -18,6 +16,7 @@ import bisect
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
@@ -459,9 +458,9 @@ class MMDuet2(nn.Module):
             index = {"metadata": {"total_size": sum(nbytes.values())},
                      "weight_map": {k: name for name, keys in zip(names, shards) for k in keys}}
             text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-            files["model.safetensors.index.json"] = lambda f: _write_text(f, text)
+            files["model.safetensors.index.json"] = lambda f: Path(f).write_text(text)
         config = json.dumps(self.config.to_hf(str(self.dtype).removeprefix("torch.")), indent=2) + "\n"
-        files["config.json"] = lambda f: _write_text(f, config)
+        files["config.json"] = lambda f: Path(f).write_text(config)
         for name, write in files.items():
             with atomic_path(os.path.join(path, name)) as tmp:
                 write(tmp)
@@ -471,7 +470,3 @@ class MMDuet2(nn.Module):
             if stale and name not in files:
                 os.remove(os.path.join(path, name))
 
-
-def _write_text(file, text):
-    with open(file, "w") as f:
-        f.write(text)

@@ -1,7 +1,6 @@
-"""Small PNG plots drawn with Pillow: a reply timeline against gold spans, and training curves.
+"""Small PNG plots drawn with Pillow: a reply timeline against gold spans (train_rl.py draws its curves the same way).
 
-Pillow is already a dependency (frames), so the pictures cost no plotting library. They are plain on purpose:
-enough to see when a model spoke and whether RL moved its replies earlier.
+Pillow is already a dependency (frames), so the pictures cost no plotting library; they are plain on purpose.
 """
 from PIL import Image, ImageDraw
 
@@ -10,7 +9,7 @@ from .checkpoint import atomic_path
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
 
 
-def _save(img, path):
+def save_png(img, path):
     with atomic_path(path) as tmp:  # never leave a half-written picture behind
         img.save(tmp, format="PNG")
 
@@ -44,36 +43,4 @@ def draw_timeline(path, duration, replies, spans, title="", rows=None):
     for t in range(0, int(duration) + 1, step):
         d.line([x(t), axis, x(t), axis + 4], fill="black")
         d.text((x(t) - 4, axis + 6), f"{t}s", fill="black")
-    _save(img, path)
-
-
-def draw_curves(path, series, title="", xlabel="step"):
-    """Line plot of {name: [(x, y), ...]}, one panel per series with its own y range (labelled at the left)
-    and a shared x axis from 0 (labelled under each panel)."""
-    width, height, left, top, bottom = 900, 120 + 160 * len(series), 80, 30, 30
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    d.text((left, 8), title[:120], fill="black")
-    panel = (height - top - bottom) / max(len(series), 1)
-    for k, (name, pts) in enumerate(series.items()):
-        y0, y1 = top + k * panel + 10, top + (k + 1) * panel - 10
-        d.rectangle([left, y0, width - 20, y1], outline="grey")
-        d.text((5, y0), name[:11], fill="black")
-        d.text((5, y0 + 12), name[11:22], fill="black")
-        if not pts:
-            continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        lo, hi = min(ys), max(ys)
-        hi = hi if hi > lo else lo + 1.0
-        xmax = max(max(xs), 1)
-        px = lambda v: left + (width - 20 - left) * v / xmax
-        py = lambda v: y1 - (y1 - y0) * (v - lo) / (hi - lo)
-        d.text((5, y0 + 28), f"{hi:.3g}", fill="black")
-        d.text((5, y1 - 12), f"{lo:.3g}", fill="black")
-        d.line([(px(a), py(b)) for a, b in pts], fill=COLOURS[k % len(COLOURS)], width=2)
-        for a, b in pts[-1:]:
-            d.text((px(a) - 40, py(b) - 14), f"{b:.3g}", fill="black")
-        d.text((left - 3, y1 + 2), "0", fill="black")
-        d.text((width - 20 - 6 * len(f"{xmax:g}"), y1 + 2), f"{xmax:g}", fill="black")
-    d.text((width // 2, height - 20), xlabel, fill="black")
-    _save(img, path)
+    save_png(img, path)

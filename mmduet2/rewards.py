@@ -171,7 +171,7 @@ def r_pfx(turns, context_replies, prefix_chars=50):
 
 def turn_penalties(turns, answers, context_replies, rep_judge, questions=()):
     """Per turn (in time order) -1 if its reply repeats what was said before (exactly or by the judge, as in r_rep)
-    or speaks outside every gold span, else 0: the turn-level signal of `grpo.turn_advantages` (an opt-in
+    or speaks outside every gold span, else 0: the turn-level signal of `train_rl.turn_advantages` (an opt-in
     experiment; the paper's reward is the trajectory total alone).
     Example: the rollout of docs/method.md section 3.4 -> [0, 0, 0, 0, -1, 0, 0, 0] (t5 repeats the context reply)."""
     turns = sorted(((float(t), text) for t, text in turns), key=lambda x: x[0])

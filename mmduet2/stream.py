@@ -102,11 +102,7 @@ def sample_next(logits, temperature, top_k, generators=None, active=None, banned
 
 
 class Streamer:
-    """Rows watching video streams through a model with a KV cache kept across turns.
-
-    Usually every row watches the same stream (`step`). `concat` stacks several streamers (RL groups of
-    different videos) into one batch whose rows are then fed their own frames by `step_rows`, so one forward
-    serves every prompt of an RL step."""
+    """Rows watching video streams through a model with a KV cache kept across turns (the module docstring)."""
 
     def __init__(self, model, tokenizer, cfg=None, system_prompt=SYSTEM_PROMPT, seed=None):
         self.model, self.tok, self.cfg = model, tokenizer, cfg or StreamConfig()

@@ -73,9 +73,6 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens=True) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def token_to_id(self, token):
-        return self.tk.token_to_id(token)
-
 
 def qwen_pipeline(tk: HFTokenizer):
     """Give a BPE tokenizer Qwen2's normaliser, pre-tokenizer, post-processor and decoder (as in its tokenizer.json)."""

@@ -26,8 +26,7 @@ from .tokenizer import DEFAULT_SYSTEM_PROMPT
 from .video import VideoError, probe_video, read_frames
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Data
+# ------------------------------------------------------------------------------------------------------- Data
 
 CAPTION_QUESTION = "What shapes are on screen now?"
 
@@ -133,8 +132,7 @@ def loss_positions(loss_mask):
     return loss_mask[:, 1:].any(0).nonzero()[:, 0]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Command line
+# ----------------------------------------------------------------------------------------------- Command line
 
 def parse_config(cls, description, argv=None):
     """argparse over a config dataclass: one --flag per field, its help from the field's trailing comment. A field
@@ -169,8 +167,7 @@ def _add_flags(p, cls):
     return nested
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Optimisation
+# ----------------------------------------------------------------------------------------------- Optimisation
 
 def autocast(device):
     """bf16 autocast on a GPU, plain float32 on the CPU."""
@@ -183,8 +180,7 @@ def pick_device(name):
     return torch.device(name)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Data parallel (torchrun)
+# ----------------------------------------------------------------------------------- Data parallel (torchrun)
 
 @dataclass
 class Parallel:
@@ -218,10 +214,9 @@ class Parallel:
 
     def from_main(self, obj):
         """Process 0's `obj` on every process (e.g. a freshly trained tokenizer)."""
-        if self.world == 1:
-            return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        if self.world > 1:
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
 

@@ -1,4 +1,4 @@
-"""Reading frames from a video at a fixed interval, and writing small mp4 files.
+"""Reading frames from a video at a fixed interval (shapewatch.py writes the toy's mp4 files).
 
 MMDuet2 (docs/method.md section 1) shows the model one frame per `interval` seconds. Frame k (k = 1..N, with
 N = floor(duration / interval)) is the picture on screen at video time k * interval: the last decoded frame
@@ -10,19 +10,15 @@ picked by time stamp, never by frame index, so a 7.5 fps file and a 30 fps file 
 Videos are decoded with PyAV, sequentially, keeping only the frames that are picked; time 0 is the first
 decoded frame (a stream whose first pts is not 0 is shifted). A folder of jpg/png frames is also a video:
 its files sorted by name are frames 0, 1, 2, ... shown at i / fps, and `fps` must be given.
-`iter_frames` yields the picked frames as it decodes them (a stream consumer holds only the frames it has not
-used yet), `read_frames` is its list, and `probe_video` checks a video cheaply before a run relies on it.
 """
 import itertools
 import math
 import os
-from fractions import Fraction
 
 import av
 import numpy as np
 from PIL import Image
 
-from .checkpoint import atomic_path
 
 EPS = 1e-6                                      # float slack when comparing times (0.1 * 3 != 0.3)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -146,25 +142,3 @@ def _decode(path, interval):
     last = prev.to_ndarray(format="rgb24") if prev_rgb is None else prev_rgb
     for k in range(k + 1, n + 1):
         yield last, k * interval                    # stamps past the last frame's time show the last frame
-
-
-def write_video(path, frames, fps):
-    """Write uint8 HxWx3 frames as an mp4 (H.264, near-lossless so colours survive), atomically."""
-    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
-    if not frames:
-        raise ValueError(f"write_video({path}): no frames to write.")
-    h, w = frames[0].shape[:2]
-    if h % 2 or w % 2:
-        raise ValueError(f"write_video({path}): frame size {w}x{h} must be even for yuv420p; crop or pad it.")
-    rate = Fraction(fps).limit_denominator(1001)
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    # bf=0 keeps pts == decode order; threads=1 keeps the bytes identical run to run (the toy data is seeded)
-    options = {"crf": "10", "preset": "veryfast", "bf": "0", "threads": "1"} if codec == "libx264" else {"b": "4M"}
-    with atomic_path(path) as tmp, av.open(tmp, "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts, frame.time_base = i, 1 / rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())

@@ -42,13 +42,9 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rotary(x, cos, sin):
-    return x * cos + rotate_half(x) * sin
+    x1, x2 = x.chunk(2, dim=-1)  # rotate_half: (x1, x2) -> (-x2, x1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 # ------------------------------------------------------------------------------------------------ index helpers

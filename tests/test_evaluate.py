@@ -12,8 +12,7 @@ from mmduet2.evaluate import benchmark_frames, predict_records, score, stream_vi
 from mmduet2.model import MMDuet2
 from mmduet2.stream import StreamConfig, Streamer
 from mmduet2.tokenizer import train_toy_tokenizer
-from mmduet2.video import write_video
-from shapewatch import RuleJudge
+from shapewatch import RuleJudge, write_video
 
 Q = ["Tell me every time a red shape appears.", "Tell me every time a circle appears."]
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import train_rl
 from mmduet2 import grpo
 from mmduet2.grpo import (Episode, GRPOConfig, constant_group_mask, group_advantages, ppo_loss,
                           token_logprobs)
@@ -206,19 +207,19 @@ def test_on_policy_gradient_direction():
 def test_term_advantages_by_hand():
     """Each term normalised in its group, then averaged with the weights (an opt-in, not the paper's)."""
     comps = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.0], [0.5, 0.0]])   # two groups of 2
-    adv = grpo.term_advantages(comps, [3.0, 2.0], group_size=2)
+    adv = train_rl.term_advantages(comps, [3.0, 2.0], group_size=2)
     a = 1 / (2 ** 0.5 + 1e-6)                      # (x - mean) / (unbiased std + eps) for a pair 1 apart
     torch.testing.assert_close(adv, torch.tensor([a, -a, 0.0, 0.0]), atol=1e-6, rtol=0)
     # one term only: the paper's group advantage of that term
-    torch.testing.assert_close(grpo.term_advantages(comps[:, :1], [3.0], 2), grpo.group_advantages(comps[:, 0], 2))
+    torch.testing.assert_close(train_rl.term_advantages(comps[:, :1], [3.0], 2), grpo.group_advantages(comps[:, 0], 2))
     # terms that disagree cancel by their weights: r_pauc up by 1, r_rep down by 1 in the same rollout
-    adv = grpo.term_advantages(torch.tensor([[1.0, -1.0], [0.0, 0.0]]), [3.0, 2.0], 2)
+    adv = train_rl.term_advantages(torch.tensor([[1.0, -1.0], [0.0, 0.0]]), [3.0, 2.0], 2)
     torch.testing.assert_close(adv, torch.tensor([a / 5, -a / 5]), atol=1e-6, rtol=0)
 
 
 def test_turn_advantages_by_hand():
     """Per-turn credit (an opt-in, not the paper's): runs of sampled tokens are the turns."""
-    adv = grpo.turn_advantages(torch.tensor([0.5, -1.0]), [[False, True, True, False, True], [True, False, True]],
+    adv = train_rl.turn_advantages(torch.tensor([0.5, -1.0]), [[False, True, True, False, True], [True, False, True]],
                                [[0.0, -1.0], [-1.0, 0.0]], credit=1.0)
     torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.5, 0.5, -0.5], [-2.0, -1.0, -1.0, 0.0, 0.0]]))
     # per-token advantages go through the PPO loss like per-trajectory ones
@@ -234,13 +235,13 @@ def test_decision_centred_advantages_by_hand():
     lose their class mean, every other token keeps its trajectory's advantage."""
     masks = [[False, True, True, False, True, True], [False, True, True, False, True]]
     ids = [[0, 7, 1, 0, 4, 5], [0, 7, 1, 0, 7]]            # row 0: silent, then a reply; row 1: silent twice
-    adv = grpo.decision_centred_advantages(torch.tensor([1.0, -0.5]), ids, masks, silent_id=7)
+    adv = train_rl.decision_centred_advantages(torch.tensor([1.0, -0.5]), ids, masks, silent_id=7)
     # silent decisions (0, 1), (1, 1), (1, 4): advantages 1, -0.5, -0.5, mean 0; the one reply decision (0, 4): 1 -> 0
     torch.testing.assert_close(adv, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0], [-0.5, -0.5, -0.5, -0.5, -0.5, 0.0]]))
     silent = torch.tensor([adv[0, 1], adv[1, 1], adv[1, 4]])
     assert abs(float(silent.sum())) < 1e-6  # no push on a class as a whole
     # without any decision of a class to share it with, a reply decision's advantage is centred to zero
-    one = grpo.decision_centred_advantages(torch.tensor([2.0]), [[0, 3, 3]], [[False, True, True]], silent_id=7)
+    one = train_rl.decision_centred_advantages(torch.tensor([2.0]), [[0, 3, 3]], [[False, True, True]], silent_id=7)
     torch.testing.assert_close(one, torch.tensor([[2.0, 0.0, 2.0]]))
 
 

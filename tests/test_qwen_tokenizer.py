@@ -94,7 +94,7 @@ def test_encodes_as_tiktoken(tok, enc):
 
 def test_special_tokens_at_their_real_ids(tok, enc):
     for token, i in REAL_IDS.items():
-        assert tok.token_to_id(token) == i and tok.encode(token) == [i] == tiktoken_ids(enc, token)
+        assert tok.tk.token_to_id(token) == i and tok.encode(token) == [i] == tiktoken_ids(enc, token)
     assert tok.vocab_size == 151665
     for attr, token in SPECIAL_TOKENS.items():  # Tokenizer looks them up by name
         assert getattr(tok, attr) == REAL_IDS[token]

@@ -9,8 +9,8 @@ import pytest
 
 import shapewatch
 from mmduet2.data import build_turns, load_dialogues, load_proactive_records
-from mmduet2.video import read_frames, write_video
-from shapewatch import COLOURS, FPS, SIZE, ensure_toy_data, make_example, make_scene
+from mmduet2.video import read_frames
+from shapewatch import COLOURS, FPS, SIZE, ensure_toy_data, make_example, make_scene, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -277,7 +277,7 @@ def test_token_id_drift_is_caught(setup):
 
 def test_demo_with_random_weights(tmp_path, capsys, monkeypatch):
     from mmduet2 import video
-    from mmduet2.video import write_video
+    from shapewatch import write_video
     monkeypatch.setattr(video, "read_frames", None)  # the demo decodes lazily (iter_frames), never all at once
     frames = [np.full((56, 56, 3), 20 * k, dtype=np.uint8) for k in range(12)]
     write_video(str(tmp_path / "v.mp4"), frames, fps=2)

@@ -95,7 +95,7 @@ def test_special_tokens_are_single_ids_after_the_vocabulary(tok):
     assert len(set(ids.values())) == len(ids)
     learned = tok.tk.get_vocab_size(with_added_tokens=False)
     for attr, token in SPECIAL_TOKENS.items():
-        assert tok.encode(token) == [ids[attr]] and tok.token_to_id(token) == ids[attr]
+        assert tok.encode(token) == [ids[attr]] and tok.tk.token_to_id(token) == ids[attr]
         assert learned <= ids[attr] < tok.vocab_size  # appended after the learned vocabulary, like Qwen
     assert tok.vocab_size == learned + len(SPECIAL_TOKENS) <= 400
     ids_ = tok.encode("<|im_start|>user\nhi<|im_end|>")

@@ -16,9 +16,8 @@ from mmduet2.model import MMDuet2
 from mmduet2.rewards import RewardConfig
 from mmduet2.tokenizer import Tokenizer, train_toy_tokenizer
 from mmduet2.training import Split, collate, loss_positions, model_inputs, parse_config
-from mmduet2.video import write_video
 import shapewatch
-from shapewatch import ensure_toy_data
+from shapewatch import ensure_toy_data, write_video
 from train_sft import sft_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmduet2.video import VideoError, iter_frames, probe_video, read_frames, video_duration, write_video
+from mmduet2.video import VideoError, iter_frames, probe_video, read_frames, video_duration
+from shapewatch import write_video
 
 
 def numbered_frames(n, size=32):
