@@ -128,3 +128,29 @@ def test_credit_on_a_random_model_sums_to_zero(tmp_path):
     assert sum(map(len, by_replies.values())) == 2 * 2 * 3
     assert sum(n for n, _ in table.values()) >= 2 * 2 * 3 * 5    # episodes of 20-32 s: 5-8 turns of 4 s
     assert abs(sum(s for _, s in table.values())) < 1e-4
+
+
+def test_gold_reward_charges_the_second_appearance_and_keep_drops_it(tmp_path):
+    """bench.gold_reward: a dialogue whose gold says the same words for two appearances is charged by r_rep (the
+    paper's exact-repeat rule), one whose answers differ is not, and --keep writes a copy without the first."""
+    from bench.gold_reward import exact_repeats, gold_turns, replay
+    q = {"time": 0.0, "text": "Tell me every time a red shape appears."}
+    same = {"id": "same", "duration": 12.0, "questions": [q], "answers": [
+        {"question": 0, "content": "Red circle appeared.", "reply_timespan": [1, 5]},
+        {"question": 0, "content": "Red circle appeared.", "reply_timespan": [7, 11]}]}
+    other = dict(same, id="other", answers=[same["answers"][0], dict(same["answers"][1], content="Red square appeared.")])
+    assert gold_turns(same) == [(2.0, "Red circle appeared."), (4.0, "NO REPLY"), (6.0, "NO REPLY"),
+                                (8.0, "Red circle appeared."), (10.0, "NO REPLY"), (12.0, "NO REPLY")]
+    assert exact_repeats(same) == 1 and exact_repeats(other) == 0
+    assert replay(same)[1]["r_rep"] == -0.5 and replay(other)[1]["r_rep"] == 0.0
+    assert replay(other)[1]["r_out"] == 0.0 and replay(other)[1]["r_pfx"] == 0.0
+    data = tmp_path / "toy"
+    (data / "videos").mkdir(parents=True)
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (same, other)))
+    (data / "val_proactive.json").write_text("[]")
+    out = run("bench.gold_reward", "--data", str(data), "--keep", str(tmp_path / "kept"))
+    assert "r_rep: mean -0.250, below 0 on 1 of 2 dialogues" in out
+    assert "word for word: 1 of 4, in 1 of 2 dialogues" in out
+    kept = [json.loads(line)["id"] for line in open(tmp_path / "kept" / "train.jsonl")]
+    assert kept == ["other"] and (tmp_path / "kept" / "val_proactive.json").read_text() == "[]"
+    assert (tmp_path / "kept" / "videos").is_symlink()
