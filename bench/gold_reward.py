@@ -1,7 +1,7 @@
 """Does the RL reward prefer the gold? Replay every dialogue's gold answers through the reward and count penalties.
 
 A reward whose best value is not the gold teaches something else. Each train dialogue of a ShapeWatch folder is
-replayed as a rollout that answers every gold span on its first turn (2 s turns) with the gold text and is silent
+replayed as a rollout that answers every gold span on its first turn (the toy's 4 s turns) with the gold text and is silent
 elsewhere, and scored by the reward train_rl.py uses (the rule judges, RewardConfig's defaults). Printed: how many
 dialogues the replay loses reward on, per term, and how many gold answers repeat an earlier one word for word (the
 paper's r_rep counts an exact repeat of anything said before, so when the same kind of object shows up twice, the
@@ -18,10 +18,10 @@ import shutil
 
 from mmduet2.dialogue import NO_REPLY
 from mmduet2.rewards import RewardConfig, proactive_reward
-from shapewatch import RuleJudge, rule_repetition_judge
+from shapewatch import TURN, RuleJudge, rule_repetition_judge
 
 
-def gold_turns(rec, turn_s=2.0):
+def gold_turns(rec, turn_s=TURN):
     """[(time, text)] at every turn of the record: the gold answers of the spans that start in that turn, else NO
     REPLY (a turn at time t shows the frames of (t - turn_s, t])."""
     turns, t = [], turn_s

@@ -139,8 +139,7 @@ def test_gold_reward_charges_the_second_appearance_and_keep_drops_it(tmp_path):
         {"question": 0, "content": "Red circle appeared.", "reply_timespan": [1, 5]},
         {"question": 0, "content": "Red circle appeared.", "reply_timespan": [7, 11]}]}
     other = dict(same, id="other", answers=[same["answers"][0], dict(same["answers"][1], content="Red square appeared.")])
-    assert gold_turns(same) == [(2.0, "Red circle appeared."), (4.0, "NO REPLY"), (6.0, "NO REPLY"),
-                                (8.0, "Red circle appeared."), (10.0, "NO REPLY"), (12.0, "NO REPLY")]
+    assert gold_turns(same) == [(4.0, "Red circle appeared."), (8.0, "Red circle appeared."), (12.0, "NO REPLY")]
     assert exact_repeats(same) == 1 and exact_repeats(other) == 0
     assert replay(same)[1]["r_rep"] == -0.5 and replay(other)[1]["r_rep"] == 0.0
     assert replay(other)[1]["r_out"] == 0.0 and replay(other)[1]["r_pfx"] == 0.0
