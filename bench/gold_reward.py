@@ -1,24 +1,30 @@
 """Does the RL reward prefer the gold? Replay every dialogue's gold answers through the reward and count penalties.
 
-A reward whose best value is not the gold teaches something else. Each train dialogue of a ShapeWatch folder is
-replayed as a rollout that answers every gold span on its first turn (the toy's 4 s turns) with the gold text and is silent
-elsewhere, and scored by the reward train_rl.py uses (the rule judges, RewardConfig's defaults). Printed: how many
-dialogues the replay loses reward on, per term, and how many gold answers repeat an earlier one word for word (the
-paper's r_rep counts an exact repeat of anything said before, so when the same kind of object shows up twice, the
-right answer to the second appearance is charged as a repetition).
+A reward whose best value is not the gold teaches something else. Each dialogue of a ShapeWatch split is replayed
+as a rollout that says every gold answer on the first turn of its span (the toy's 4 s turns; answers whose spans
+start in the same turn are said together, as one reply) and is silent elsewhere, and is scored by the reward
+train_rl.py uses (the rule judges, RewardConfig's defaults), over the whole video with no context replies (RL
+scores 20-32 s windows whose earlier gold replies count as already said, so an episode can be charged more).
+Printed: per term its mean and on how many dialogues it is below 0, and how many gold answers repeat an earlier
+one word for word, split into those naming an object (the same kind of object shown up again: "Red circle
+appeared." twice) and those naming none ("Nothing yet.", the immediate answer of two questions). The paper's r_rep
+counts every exact repeat of anything said before, and the rule repetition judge counts a reply whose objects were
+all named before, so both charge such right answers.
 
     python -m bench.gold_reward --data data/toy
-    python -m bench.gold_reward --data data/toy --keep data/toy_goldrep0   # a copy whose train split holds only
-                                                                           # dialogues the replay is not charged on
+    python -m bench.gold_reward --data data/toy --keep data/toy_goldrep0   # a copy whose train split keeps only
+                                                                           # the dialogues r_rep does not charge
 """
 import argparse
 import json
 import os
 import shutil
+import sys
 
+from mmduet2.checkpoint import atomic_path
 from mmduet2.dialogue import NO_REPLY
 from mmduet2.rewards import RewardConfig, proactive_reward
-from shapewatch import TURN, RuleJudge, rule_repetition_judge
+from shapewatch import TURN, RuleJudge, parse_objects, rule_repetition_judge
 
 
 def gold_turns(rec, turn_s=TURN):
@@ -32,58 +38,86 @@ def gold_turns(rec, turn_s=TURN):
     return turns
 
 
-def replay(rec, cfg=RewardConfig()):
-    """(total, components) of the gold replay of one train record under the toy's RL reward."""
+def replay(rec, cfg=RewardConfig(), turn_s=TURN):
+    """(total, components) of the gold replay of one record under the toy's RL reward."""
     answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
                 "question": rec["questions"][a["question"]]["text"]} for a in rec["answers"]]
     questions = [(q["time"], q["text"]) for q in rec["questions"]]
-    return proactive_reward(gold_turns(rec), answers, [], RuleJudge(cfg.max_score, precision=True),
+    return proactive_reward(gold_turns(rec, turn_s), answers, [], RuleJudge(cfg.max_score, precision=True),
                             rule_repetition_judge, cfg, questions)
 
 
 def exact_repeats(rec):
-    """How many gold answers of the record repeat an earlier one word for word."""
-    seen, n = set(), 0
+    """The gold answers of the record that repeat an earlier one word for word, in order."""
+    seen, repeats = set(), []
     for a in rec["answers"]:
-        n += a["content"] in seen
+        if a["content"] in seen:
+            repeats.append(a["content"])
         seen.add(a["content"])
-    return n
+    return repeats
+
+
+def keep_uncharged(data, out, records, charged):
+    """Write `out`: `data` with train.jsonl cut to the records not in `charged` and meta.json saying so (videos
+    linked, other files copied), built in a temporary folder that replaces `out` only when complete."""
+    src, dst = os.path.realpath(data), os.path.realpath(out)
+    if dst == src or dst.startswith(src + os.sep):
+        sys.exit(f"--keep {out} is --data {data} or inside it; write the copy to a folder of its own.")
+    kept = [rec for rec in records if rec["id"] not in charged]
+    with atomic_path(out) as tmp:
+        os.makedirs(tmp)
+        for name in os.listdir(src):
+            if name in ("train.jsonl", "meta.json"):
+                continue
+            path = os.path.join(src, name)
+            if os.path.isdir(path):
+                os.symlink(os.path.relpath(path, dst), os.path.join(tmp, name))  # relative to the link
+            else:
+                shutil.copy(path, os.path.join(tmp, name))
+        with open(os.path.join(tmp, "train.jsonl"), "w") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in kept)
+        meta = json.load(open(os.path.join(src, "meta.json"))) if os.path.exists(os.path.join(src, "meta.json")) else {}
+        meta.setdefault("sizes", {})["train"] = len(kept)
+        meta["kept_by"] = f"bench.gold_reward: the train records of {data} whose gold replay r_rep does not charge"
+        meta.pop("stats", None)  # the generator's counts describe the full split
+        with open(os.path.join(tmp, "meta.json"), "w") as f:  # last, as the generator writes it
+            json.dump(meta, f, indent=1)
+    return len(kept)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="data/toy", help="a ShapeWatch folder (train.jsonl, videos/)")
-    p.add_argument("--keep", help="write a copy of --data here whose train.jsonl keeps only the dialogues the "
-                                  "replay loses nothing on through r_rep (the other files are copied, videos linked)")
+    p.add_argument("--data", default="data/toy", help="a ShapeWatch folder (train.jsonl, val.jsonl, videos/)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"), help="which split to replay")
+    p.add_argument("--turn-s", type=float, default=TURN, help="seconds per turn of the replay (the toy's: 4)")
+    p.add_argument("--keep", help="write a copy of --data here whose train.jsonl keeps only the records whose gold "
+                                  "replay r_rep does not charge (videos linked, the other files copied)")
     args = p.parse_args()
-    records = [json.loads(line) for line in open(os.path.join(args.data, "train.jsonl"))]
-    scored = [(rec, *replay(rec)) for rec in records if rec["answers"]]
+    path = os.path.join(args.data, f"{args.split}.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"{path} does not exist: point --data at a ShapeWatch folder (python shapewatch.py --out DIR).")
+    if args.keep and args.split != "train":
+        sys.exit("--keep cuts the train split: run it with --split train.")
+    records = [json.loads(line) for line in open(path)]
+    scored = [(rec, *replay(rec, turn_s=args.turn_s)) for rec in records if rec["answers"]]
     n = len(scored)
-    print(f"{args.data}/train.jsonl: {len(records)} records, {n} with gold answers, replayed")
+    if not n:
+        sys.exit(f"{path}: no record has gold answers, so there is nothing to replay.")
+    print(f"{path}: {len(records)} records, {n} with gold answers, replayed at {args.turn_s:g} s turns")
     for term in scored[0][2]:
         values = [c[term] for _, _, c in scored]
-        hit = [v for v in values if v < 0]
-        print(f"  {term}: mean {sum(values) / n:.3f}" + ("" if term == "r_pauc" else f", below 0 on {len(hit)} of "
-                                                         f"{n} dialogues"))
+        hit = sum(v < 0 for v in values)
+        print(f"  {term}: mean {sum(values) / n:.3f}" + ("" if term == "r_pauc" else f", below 0 on {hit} of {n}"))
     answers = sum(len(rec["answers"]) for rec, *_ in scored)
-    rep = sum(exact_repeats(rec) for rec, *_ in scored)
-    with_rep = sum(exact_repeats(rec) > 0 for rec, *_ in scored)
-    print(f"  gold answers repeating an earlier one word for word: {rep} of {answers}, in {with_rep} of {n} dialogues")
+    repeats = [(rec["id"], text) for rec, *_ in scored for text in exact_repeats(rec)]
+    blank = sum(not parse_objects(text) for _, text in repeats)
+    print(f"  gold answers repeating an earlier one word for word: {len(repeats)} of {answers}, in "
+          f"{len({i for i, _ in repeats})} of {n} dialogues ({len(repeats) - blank} naming an object, {blank} none)")
     print(f"  mean reward of the replay: {sum(total for _, total, _ in scored) / n:.3f}")
     if args.keep:
         charged = {rec["id"] for rec, _, c in scored if c["r_rep"] < 0}
-        os.makedirs(args.keep, exist_ok=True)
-        for name in os.listdir(args.data):
-            src, dst = os.path.join(os.path.abspath(args.data), name), os.path.join(args.keep, name)
-            if name == "train.jsonl" or os.path.lexists(dst):
-                continue
-            os.symlink(src, dst) if os.path.isdir(src) else shutil.copy(src, dst)
-        kept = [rec for rec in records if rec["id"] not in charged]
-        tmp = os.path.join(args.keep, "train.jsonl.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(rec) + "\n" for rec in kept)
-        os.replace(tmp, os.path.join(args.keep, "train.jsonl"))
-        print(f"  wrote {args.keep}: train.jsonl keeps {len(kept)} of {len(records)} records")
+        kept = keep_uncharged(args.data, args.keep, records, charged)
+        print(f"  wrote {args.keep}: train.jsonl keeps {kept} of {len(records)} records")
 
 
 if __name__ == "__main__":

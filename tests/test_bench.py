@@ -132,24 +132,36 @@ def test_credit_on_a_random_model_sums_to_zero(tmp_path):
 
 def test_gold_reward_charges_the_second_appearance_and_keep_drops_it(tmp_path):
     """bench.gold_reward: a dialogue whose gold says the same words for two appearances is charged by r_rep (the
-    paper's exact-repeat rule), one whose answers differ is not, and --keep writes a copy without the first."""
+    paper's exact-repeat rule), one whose answers differ is not; --keep writes a copy without the first, leaves the
+    source as it was, and refuses to write into it."""
     from bench.gold_reward import exact_repeats, gold_turns, replay
     q = {"time": 0.0, "text": "Tell me every time a red shape appears."}
     same = {"id": "same", "duration": 12.0, "questions": [q], "answers": [
         {"question": 0, "content": "Red circle appeared.", "reply_timespan": [1, 5]},
         {"question": 0, "content": "Red circle appeared.", "reply_timespan": [7, 11]}]}
-    other = dict(same, id="other", answers=[same["answers"][0], dict(same["answers"][1], content="Red square appeared.")])
+    second = dict(same["answers"][1], content="Red square appeared.")
+    other = dict(same, id="other", answers=[same["answers"][0], second])
     assert gold_turns(same) == [(4.0, "Red circle appeared."), (8.0, "Red circle appeared."), (12.0, "NO REPLY")]
-    assert exact_repeats(same) == 1 and exact_repeats(other) == 0
+    assert exact_repeats(same) == ["Red circle appeared."] and exact_repeats(other) == []
     assert replay(same)[1]["r_rep"] == -0.5 and replay(other)[1]["r_rep"] == 0.0
     assert replay(other)[1]["r_out"] == 0.0 and replay(other)[1]["r_pfx"] == 0.0
     data = tmp_path / "toy"
     (data / "videos").mkdir(parents=True)
-    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (same, other)))
+    train = "".join(json.dumps(r) + "\n" for r in (same, other))
+    (data / "train.jsonl").write_text(train)
     (data / "val_proactive.json").write_text("[]")
+    (data / "meta.json").write_text(json.dumps({"version": 7, "sizes": {"train": 2}, "stats": {}}))
     out = run("bench.gold_reward", "--data", str(data), "--keep", str(tmp_path / "kept"))
-    assert "r_rep: mean -0.250, below 0 on 1 of 2 dialogues" in out
-    assert "word for word: 1 of 4, in 1 of 2 dialogues" in out
+    assert "r_rep: mean -0.250, below 0 on 1 of 2" in out
+    assert "word for word: 1 of 4, in 1 of 2 dialogues (1 naming an object, 0 none)" in out
     kept = [json.loads(line)["id"] for line in open(tmp_path / "kept" / "train.jsonl")]
     assert kept == ["other"] and (tmp_path / "kept" / "val_proactive.json").read_text() == "[]"
-    assert (tmp_path / "kept" / "videos").is_symlink()
+    assert os.path.samefile(tmp_path / "kept" / "videos", data / "videos")
+    meta = json.loads((tmp_path / "kept" / "meta.json").read_text())
+    assert meta["sizes"]["train"] == 1 and "stats" not in meta and "kept_by" in meta
+    assert (data / "train.jsonl").read_text() == train
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.gold_reward", "--data", str(data), "--keep", str(data)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and "folder of its own" in proc.stderr
+    assert (data / "train.jsonl").read_text() == train
