@@ -137,6 +137,13 @@ def episode_window(specs, rng, cfg):
     return ctx, [s for s in specs if start < s.time <= start + length]
 
 
+def gold_answers(rec, first=float("-inf"), last=float("inf")):
+    """The reward's gold answers of a training record whose reply spans overlap (first, last] seconds."""
+    return [{"content": a["content"], "reply_timespan": a["reply_timespan"],
+             "question": rec["questions"][a["question"]]["text"]}
+            for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
+
+
 def rollout(model, tok, split, prompts, rng, cfg, judges):
     """G trajectories for each prompt, played as one batch; returns a list of grpo.Episode, group by group.
 
@@ -167,9 +174,7 @@ def rollout(model, tok, split, prompts, rng, cfg, judges):
     episodes = []
     for p, (rec, frames, ctx, play) in enumerate(windows):
         first, last = play[0].time - cfg.frame_interval * cfg.frames_per_turn, play[-1].time
-        answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
-                    "question": rec["questions"][a["question"]]["text"]}
-                   for a in rec["answers"] if a["reply_timespan"][1] > first and a["reply_timespan"][0] <= last]
+        answers = gold_answers(rec, first, last)
         context_replies = [s.reply for s in ctx if s.reply != NO_REPLY]
         questions = [(q["time"], q["text"]) for q in rec["questions"]]
         # the G rows of a group saw the same frames: concatenate them once

@@ -21,10 +21,14 @@ import os
 import shutil
 import sys
 
+import train_rl
 from mmduet2.checkpoint import atomic_path
 from mmduet2.dialogue import NO_REPLY
-from mmduet2.rewards import RewardConfig, proactive_reward
-from shapewatch import TURN, RuleJudge, parse_objects, rule_repetition_judge
+from mmduet2.rewards import proactive_reward
+from shapewatch import TURN, parse_objects
+
+CFG = train_rl.RLConfig()               # train_rl.py's defaults: its reward weights and its rule judges
+JUDGES = train_rl.make_judges(CFG)
 
 
 def gold_turns(rec, turn_s=TURN):
@@ -38,13 +42,11 @@ def gold_turns(rec, turn_s=TURN):
     return turns
 
 
-def replay(rec, cfg=RewardConfig(), turn_s=TURN):
+def replay(rec, turn_s=TURN):
     """(total, components) of the gold replay of one record under the toy's RL reward."""
-    answers = [{"content": a["content"], "reply_timespan": a["reply_timespan"],
-                "question": rec["questions"][a["question"]]["text"]} for a in rec["answers"]]
     questions = [(q["time"], q["text"]) for q in rec["questions"]]
-    return proactive_reward(gold_turns(rec, turn_s), answers, [], RuleJudge(cfg.max_score, precision=True),
-                            rule_repetition_judge, cfg, questions)
+    return proactive_reward(gold_turns(rec, turn_s), train_rl.gold_answers(rec), [], JUDGES.sim, JUDGES.rep,
+                            CFG.reward, questions)
 
 
 def exact_repeats(rec):
