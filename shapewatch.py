@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw
 
 from mmduet2.checkpoint import atomic_path
 
-VERSION = 7                             # 7: v6 with every answer worded colour first
+VERSION = 8                             # 8: v7 whose gold answers never repeat one another
 SIZE, FPS = 56, 2                       # frame side in px (4 visual tokens a frame), frames per second of the mp4
 TURN = 4                                # seconds per turn at the toy's rate (2 frames at 2 s): questions sit on it
 DURATIONS = (36, 40, 44, 48)            # video lengths in seconds (whole turns)
@@ -107,6 +107,12 @@ def question_text(target):
         f"Tell me every time a {target} appears."
 
 
+def nothing_yet(target):
+    """The immediate answer when nothing the question asks for is on screen: "No red shape yet.", "No circle yet."
+    (v8; v7 said "Nothing yet." to every question, so a dialogue's second such answer repeated its first)."""
+    return f"No {target} shape yet." if target in COLOURS else f"No {target} yet."
+
+
 def matches(target, colour, shape):
     return target in (colour, shape)
 
@@ -132,11 +138,13 @@ def presence(record, t, silent):
 # ---------------------------------------------------------------------------------------------------------
 # Scenes
 
-def _attributes(rng, target, match):
-    """(colour, shape) that does or does not match `target`."""
-    colours = [c for c in COLOURS if (c == target) == match] if target in COLOURS else list(COLOURS)
-    shapes = [s for s in SHAPES if (s == target) == match] if target in SHAPES else SHAPES
-    return str(rng.choice(colours)), str(rng.choice(shapes))
+def _attributes(rng, target, match, said=()):
+    """(colour, shape) that does or does not match `target`; a match is none of the pairs in `said` (those the
+    dialogue's answers name already), and when every matching pair is said it becomes a distractor."""
+    pairs = [(c, s) for c in COLOURS for s in SHAPES if matches(target, c, s) == match and (c, s) not in said]
+    if not pairs:
+        return _attributes(rng, target, False)
+    return pairs[int(rng.integers(len(pairs)))]
 
 
 def make_scene(rng, kind, durations=DURATIONS):
@@ -166,13 +174,18 @@ def make_scene(rng, kind, durations=DURATIONS):
     def target_at(t):
         return [tg for q, tg in scene.questions if q <= t][-1]
 
-    empty = rng.random() < P_EMPTY
+    empty, said = rng.random() < P_EMPTY, set()         # said: the (colour, shape) pairs answered so far
     for lane, a, b, m in timeline:
-        colour, shape = _attributes(rng, target_at(a), match=not empty and rng.random() < 0.5)
+        colour, shape = _attributes(rng, target_at(a), not empty and rng.random() < 0.5, said)
+        if matches(target_at(a), colour, shape):
+            said.add((colour, shape))
         segments = [Segment(colour, a, b)]
-        if m is not None:
-            new = [c for c in COLOURS if c != colour and not (empty and c == target_at(m))]
+        new = [c for c in COLOURS if c != colour and not (matches(target_at(m), c, shape) and
+                                                          (empty or (c, shape) in said))] if m is not None else []
+        if new:             # the new colour starts a new answer if it matches: never one already given
             segments = [Segment(colour, a, m), Segment(str(rng.choice(new)), m, b)]
+            if matches(target_at(m), segments[1].colour, shape):
+                said.add((segments[1].colour, shape))
         size = int(rng.integers(22, 25))   # nearly fills its lane: a tiny vision tower tells shapes apart
         lo = (lane * SIZE // 2 + size // 2 + 2, size // 2 + 2)
         hi = ((lane + 1) * SIZE // 2 - size // 2 - 2, SIZE - size // 2 - 2)
@@ -207,7 +220,7 @@ def _gold(scene):
         if j > 0:
             seen = [f"{s.colour} {o.shape} is visible.".capitalize() for o, s in appearances
                     if s.start <= q < s.end and matches(target, s.colour, o.shape)]
-            answers.append({"question": j, "content": " ".join(seen) or "Nothing yet.", "related_timespan": [q, q],
+            answers.append({"question": j, "content": " ".join(seen) or nothing_yet(target), "related_timespan": [q, q],
                             "reply_timespan": [q, min(q + 1, d)], "immediate": True})
         end = min(d, q_next - 1)                # answers to question j are due before question j + 1
         for o, s in appearances:
@@ -251,7 +264,13 @@ def make_example(seed, split, i, render_frames=True, durations=DURATIONS):
     output (the frames are drawn last, so skipping them changes nothing else)."""
     rng = np.random.default_rng([seed, SPLITS[split], i])
     kind = "1qna" if i % 2 == 0 else "nqna"
-    scene = make_scene(rng, kind, durations)
+    for _ in range(100):            # the gold never repeats itself: redraw the rare scene whose answers would
+        scene = make_scene(rng, kind, durations)
+        named = [pair for a in _gold(scene) for pair in parse_objects(a["content"])]
+        if len(named) == len(set(named)):   # (an object seen at a later question, one colour change ...)
+            break
+    else:
+        raise RuntimeError(f"{split} example {i}: no scene without a repeated answer in 100 draws")
     annotate(np.random.default_rng([seed, SPLITS[split], i, 1]), scene)
     name = f"{split}_{i:05d}"
     record = {"id": name, "video": f"videos/{name}.mp4", "duration": float(scene.duration), "frame_interval": 1.0,
@@ -278,21 +297,31 @@ def parse_objects(text):
     """The (colour, shape) pairs a text names, in order; a colour or shape named alone gives None for the other.
 
     "A red circle and a blue square appeared." -> [("red", "circle"), ("blue", "square")];
-    "Something green, then triangles." -> [("green", "triangle")]; "Nothing yet." -> [].
+    "Something green, then triangles." -> [("green", "triangle")]; "No red shape yet." -> [] (an object after "no"
+    is not there); "Nothing yet." -> [].
     """
-    pairs, colour = [], None
-    for w in re.findall(r"[a-z]+", text.lower()):
+    pairs, colour, no = [], None, False        # no: the object being read follows a "no" (it is not there)
+
+    def close(pair):
+        nonlocal no
+        if not no:
+            pairs.append(pair)
+        no = False
+
+    for w in re.findall(r"[a-z]+|[.!?;]", text.lower()):
         if w.endswith("s") and w[:-1] in VOCAB["shapes"]:
             w = w[:-1]  # plural
-        if w in VOCAB["colours"]:
+        if w == "no" or w in VOCAB["colours"]:
             if colour:
-                pairs.append((colour, None))
-            colour = w
+                close((colour, None))
+            colour, no = (None, True) if w == "no" else (w, no)
         elif w in VOCAB["shapes"]:
-            pairs.append((colour, w))
+            close((colour, w))
             colour = None
+        elif w in ".!?;" and no:               # "No red shape yet." names nothing; the sentence ends the "no"
+            colour, no = None, False
     if colour:
-        pairs.append((colour, None))
+        close((colour, None))
     return pairs
 
 

@@ -22,6 +22,11 @@ def test_vocab_and_parse_objects():
     assert parse_objects("A yellow one. A circle.") == [("yellow", "circle")]
     assert parse_objects("A red and a blue thing; a square") == [("red", None), ("blue", "square")]
     assert parse_objects("Nothing yet.") == [] and parse_objects("NO REPLY") == []
+    # an object after "no" is not there (the toy's immediate answer "No red shape yet."), until the sentence ends
+    assert parse_objects("No red shape yet.") == [] and parse_objects("No circle yet.") == []
+    assert parse_objects("No red, but a blue square.") == [("blue", "square")]
+    assert parse_objects("No. A red circle appeared.") == [("red", "circle")]
+    assert parse_objects("Red circle and no blue square.") == [("red", "circle")]
 
 
 @pytest.mark.parametrize("reply, s2, s4", [
@@ -80,6 +85,10 @@ def test_rule_repetition_judge_reads_the_question():
     assert rule_repetition_judge(prev, "Nothing yet.", red) is False
     assert rule_repetition_judge("Nothing yet. " + prev, "Nothing yet.", red) is True
     assert rule_repetition_judge("Nothing yet.", "nothing YET!", red) is True
+    # the toy's negative immediate answers name what each question asks, so a second question's is new
+    assert rule_repetition_judge("No circle yet. " + prev, "No red shape yet.", red) is False
+    assert RuleJudge()(red, "No red shape yet.", "Nothing yet.") == 2
+    assert RuleJudge()(red, "No red shape yet.", "Red circle is visible.") == 0
 
 
 def test_stray_word_repeat_costs_what_an_exact_repeat_costs():

@@ -1,6 +1,7 @@
 """ShapeWatch: determinism, exact evidence timing through mp4 + 1 s sampling, gold rules, atomic export."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -74,8 +75,9 @@ def test_evidence_never_precedes_reply_span(tmp_path, i):
             if any(o is not obj and o.colour_at(k) and (o.p0[0] < SIZE / 2) == (obj.p0[0] < SIZE / 2)
                    for o in scene.objects):
                 continue                                    # a later object of the same lane may cover the spot
-            seen = close(centre_colour(got[k - 1], obj, k), COLOURS[colour])
-            assert seen == (start <= k < obj.segments[-1].end and obj.colour_at(k) == colour), (k, ans)
+            t = min(k * FPS, len(frames) - 1) / FPS          # the stamp `duration` shows the last frame drawn
+            seen = close(centre_colour(got[k - 1], obj, t), COLOURS[colour])
+            assert seen == (start <= t < obj.segments[-1].end and obj.colour_at(t) == colour), (k, ans)
         assert close(centre_colour(got[start - 1], obj, start), COLOURS[colour])   # frame stamped `start`
 
 
@@ -131,6 +133,29 @@ def test_gold_rules_and_balance():
     assert 0.35 < n_match / n_objects < 0.75                          # about half the appearances match
     assert np.mean([n >= 2 for n in turns_per_span]) > 0.6           # most spans hold several turns
     assert 0.2 < np.mean(first_turn_ends) < 0.4                       # P_FIRST_TURN = 0.3
+
+
+def test_gold_answers_never_repeat_one_another():
+    """v8: no object is named by two gold answers of a dialogue (the same kind of object shown again, one still on
+    screen when a later question asks for it, a colour change into an answered look), and a negative immediate
+    answer names its question's target; so replaying the gold, r_rep with the rule judges charges nothing."""
+    from mmduet2.rewards import r_rep
+    from shapewatch import parse_objects, rule_repetition_judge
+    negatives = 0
+    for i in range(300):
+        _, _, rec = make_example(0, "train", i, render_frames=False)
+        named = [pair for a in rec["answers"] for pair in parse_objects(a["content"])]
+        assert len(named) == len(set(named)), rec["answers"]
+        for a in rec["answers"]:
+            if a.get("immediate") and not parse_objects(a["content"]):
+                target = re.search(r"a (\w+) (?:shape )?appears", rec["questions"][a["question"]]["text"]).group(1)
+                assert a["content"] == shapewatch.nothing_yet(target)
+                negatives += 1
+        questions = [(q["time"], q["text"]) for q in rec["questions"]]
+        gold = [{**a, "question": rec["questions"][a["question"]]["text"]} for a in rec["answers"]]
+        turns = [(a["reply_timespan"][0], a["content"]) for a in rec["answers"]]
+        assert r_rep(turns, gold, [], rule_repetition_judge, questions) == 0
+    assert negatives > 30                                  # the negative immediate answers are exercised
 
 
 def test_presence_replies_name_what_the_question_asks_for():
