@@ -22,11 +22,12 @@ def test_vocab_and_parse_objects():
     assert parse_objects("A yellow one. A circle.") == [("yellow", "circle")]
     assert parse_objects("A red and a blue thing; a square") == [("red", None), ("blue", "square")]
     assert parse_objects("Nothing yet.") == [] and parse_objects("NO REPLY") == []
-    # an object after "no" is not there (the toy's immediate answer "No red shape yet."), until the sentence ends
-    assert parse_objects("No red shape yet.") == [] and parse_objects("No circle yet.") == []
-    assert parse_objects("No red, but a blue square.") == [("blue", "square")]
-    assert parse_objects("No. A red circle appeared.") == [("red", "circle")]
-    assert parse_objects("Red circle and no blue square.") == [("red", "circle")]
+    # the toy's negative immediate answers name nothing; any other "no" is no word, so a policy cannot hide an
+    # object behind one (r_rep's judge reads earlier replies joined by spaces: "... No" + "Red circle ...")
+    assert parse_objects("No red shape yet.") == [] and parse_objects("no CIRCLES yet!") == []
+    assert parse_objects("No, a red circle appeared.") == [("red", "circle")]
+    assert parse_objects("Blue square appeared. No " + "Red circle appeared.") == [("blue", "square"), ("red", "circle")]
+    assert parse_objects("No red circle yet.") == [("red", "circle")]     # not the toy's wording: an object
 
 
 @pytest.mark.parametrize("reply, s2, s4", [
@@ -89,6 +90,7 @@ def test_rule_repetition_judge_reads_the_question():
     assert rule_repetition_judge("No circle yet. " + prev, "No red shape yet.", red) is False
     assert RuleJudge()(red, "No red shape yet.", "Nothing yet.") == 2
     assert RuleJudge()(red, "No red shape yet.", "Red circle is visible.") == 0
+    assert rule_repetition_judge(prev + " No", "Red circle is still here.", red) is True   # no hiding behind "no"
 
 
 def test_stray_word_repeat_costs_what_an_exact_repeat_costs():

@@ -141,6 +141,10 @@ def test_gold_answers_never_repeat_one_another():
     answer names its question's target; so replaying the gold, r_rep with the rule judges charges nothing."""
     from mmduet2.rewards import r_rep
     from shapewatch import parse_objects, rule_repetition_judge
+    draws = [make_scene(np.random.default_rng([0, 0, i]), "1qna" if i % 2 == 0 else "nqna") for i in range(300)]
+    unique = [len(set(n)) == len(n) for n in ([p for a in shapewatch._gold(sc) for p in parse_objects(a["content"])]
+                                              for sc in draws)]
+    assert np.mean(unique) > 0.8       # the draw itself avoids answered looks; the redraw is for the rest
     negatives = 0
     for i in range(300):
         _, _, rec = make_example(0, "train", i, render_frames=False)
