@@ -29,12 +29,11 @@ turn. Videos are longer than an RL episode (20-32 s on the toy), so episodes sta
 
 The gold never repeats itself (v8): no two answers of a dialogue name the same (colour, shape) pair, so a policy
 that says the gold is charged nothing by r_rep, which counts an exact repeat and a reply whose objects were all
-named before
-(`python -m bench.gold_reward`; on v7 it charged 425 of 1,084 train dialogues, the right answer to a second red circle
-or a second question's "Nothing yet." repeating earlier words). A matching look is drawn among the pairs not yet
-answered (a distractor once none is left), a colour change never turns into an answered look, and the scene that
-would still repeat (an object on screen when a later question asks for it, two alike at once) is redrawn: about 1
-in 10, which leaves 1.71 answers a train video against v7's 1.83.
+named before (`python -m bench.gold_reward`; on v7 it charged 425 of 1,084 train dialogues, the right answer to a
+second red circle or a second question's "Nothing yet." repeating earlier words). A matching look is drawn among the
+pairs not yet answered (a distractor once none is left), a colour change never turns into an answered look, and a
+scene that would still repeat (an object on screen when a later question asks for it, two alike at once) is
+redrawn: about 1 draw in 10, which leaves 1.71 answers a train video against v7's 1.83.
 
 The rule judges at the end of this file score a reply and spot a repeat from the (colour, shape) pairs it names,
 so the toy trains and evaluates without a judge server. This file sits beside the programs rather than in the

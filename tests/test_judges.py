@@ -26,7 +26,8 @@ def test_vocab_and_parse_objects():
     # object behind one (r_rep's judge reads earlier replies joined by spaces: "... No" + "Red circle ...")
     assert parse_objects("No red shape yet.") == [] and parse_objects("no CIRCLES yet!") == []
     assert parse_objects("No, a red circle appeared.") == [("red", "circle")]
-    assert parse_objects("Blue square appeared. No " + "Red circle appeared.") == [("blue", "square"), ("red", "circle")]
+    joined = "Blue square appeared. No " + "Red circle appeared."
+    assert parse_objects(joined) == [("blue", "square"), ("red", "circle")]
     assert parse_objects("No red circle yet.") == [("red", "circle")]     # not the toy's wording: an object
 
 
