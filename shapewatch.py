@@ -115,6 +115,11 @@ def question_text(target):
         f"Tell me every time a {target} appears."
 
 
+def question_target(text):
+    """The colour or shape a ShapeWatch question asks about (question_text's inverse); None for any other text."""
+    return next((tg for tg in list(COLOURS) + SHAPES if question_text(tg) == text), None)
+
+
 def nothing_yet(target):
     """The immediate answer when nothing the question asks for is on screen: "No red shape yet.", "No circle yet."
     (v8; v7 said "Nothing yet." to every question, so a dialogue's second such answer repeated its first)."""
@@ -133,7 +138,7 @@ def presence(record, t, silent):
     asked = [q["text"] for q in record["questions"] if q["time"] <= t]
     if not asked:
         return silent
-    target = next((tg for tg in list(COLOURS) + SHAPES if question_text(tg) == asked[-1]), None)
+    target = question_target(asked[-1])
     if target is None:
         raise ValueError(f"record {record.get('id')}: {asked[-1]!r} is not a ShapeWatch question, so there is no "
                          "presence reply for it; use --dense-mix with ShapeWatch data only.")
@@ -274,8 +279,7 @@ def make_example(seed, split, i, render_frames=True, durations=DURATIONS):
     kind = "1qna" if i % 2 == 0 else "nqna"
     for _ in range(100):            # the gold never repeats itself: redraw the scene whose answers still would
         scene = make_scene(rng, kind, durations)   # (an object on screen when a later question asks for it, ...)
-        named = [pair for a in _gold(scene) for pair in parse_objects(a["content"])]
-        if len(named) == len(set(named)):
+        if not names_an_object_twice(_gold(scene)):
             break
     else:
         raise RuntimeError(f"{split} example {i}: no scene without a repeated answer in 100 draws")
@@ -288,6 +292,12 @@ def make_example(seed, split, i, render_frames=True, durations=DURATIONS):
               "objects": [{"shape": o.shape, "colour": g.colour, "start": g.start, "end": g.end}
                           for o in scene.objects for g in o.segments]}
     return scene, render(scene, rng) if render_frames else None, record
+
+
+def names_an_object_twice(answers):
+    """True iff two of the answers (or one, twice) name the same (colour, shape) pair: what v8's gold never does."""
+    named = [pair for a in answers for pair in parse_objects(a["content"])]
+    return len(named) != len(set(named))
 
 
 def to_proactive(record):

@@ -1,7 +1,6 @@
 """ShapeWatch: determinism, exact evidence timing through mp4 + 1 s sampling, gold rules, atomic export."""
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -139,26 +138,21 @@ def test_gold_answers_never_repeat_one_another():
     """v8: no object is named by two gold answers of a dialogue (the same kind of object shown again, one still on
     screen when a later question asks for it, a colour change into an answered look), and a negative immediate
     answer names its question's target; so replaying the gold, r_rep with the rule judges charges nothing."""
-    from mmduet2.rewards import r_rep
-    from shapewatch import parse_objects, rule_repetition_judge
+    from bench.gold_reward import replay
+    from shapewatch import names_an_object_twice, parse_objects, question_target
     draws = [make_scene(np.random.default_rng([0, 0, i]), "1qna" if i % 2 == 0 else "nqna") for i in range(300)]
-    unique = [len(set(n)) == len(n) for n in ([p for a in shapewatch._gold(sc) for p in parse_objects(a["content"])]
-                                              for sc in draws)]
+    unique = [not names_an_object_twice(shapewatch._gold(sc)) for sc in draws]
     assert np.mean(unique) > 0.8       # the draw itself avoids answered looks; the redraw is for the rest
     negatives = 0
     for i in range(300):
         _, _, rec = make_example(0, "train", i, render_frames=False)
-        named = [pair for a in rec["answers"] for pair in parse_objects(a["content"])]
-        assert len(named) == len(set(named)), rec["answers"]
+        assert not names_an_object_twice(rec["answers"]), rec["answers"]
         for a in rec["answers"]:
             if a.get("immediate") and not parse_objects(a["content"]):
-                target = re.search(r"a (\w+) (?:shape )?appears", rec["questions"][a["question"]]["text"]).group(1)
+                target = question_target(rec["questions"][a["question"]]["text"])
                 assert a["content"] == shapewatch.nothing_yet(target)
                 negatives += 1
-        questions = [(q["time"], q["text"]) for q in rec["questions"]]
-        gold = [{**a, "question": rec["questions"][a["question"]]["text"]} for a in rec["answers"]]
-        turns = [(a["reply_timespan"][0], a["content"]) for a in rec["answers"]]
-        assert r_rep(turns, gold, [], rule_repetition_judge, questions) == 0
+        assert replay(rec)[1]["r_rep"] == 0                  # the gold replayed through the RL reward
     assert negatives > 30                                  # the negative immediate answers are exercised
 
 
